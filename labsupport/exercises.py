@@ -1,0 +1,285 @@
+"""Exercise checking and progress: the contract every notebook's scenario exercise uses.
+
+A pattern module writes its checks as a function of the learner's answer that returns
+a list of :class:`Check` (what was expected, what was found). :func:`run_checks` runs
+it, turns anything the learner's code raises into feedback, records progress when all
+checks pass, and returns a :class:`CheckResult`, which renders as an HTML box whose
+display metadata carries ``{"labsupport": {"exercise": ID, "passed": bool}}``.
+
+With ``solution_mode=True`` (the notebook's ``SOLUTION = True``), a failing check shows
+its box and then raises :class:`ExerciseFailed`, so papermill fails the run.
+
+Progress lives in a small JSON file: ``$LABSUPPORT_PROGRESS`` if set, else
+``~/.labsupport/progress.json``. ``00_start_here`` shows it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ENV_PROGRESS = "LABSUPPORT_PROGRESS"
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One notebook of the course and the exercise it ends with."""
+
+    id: str  # also the notebook's file stem
+    title: str
+    pattern: str
+    module: str  # the labsupport module that backs it ("" for the start notebook)
+    minutes: int  # estimated time: reading plus Run All plus the exercise
+
+    @property
+    def notebook(self) -> str:
+        return f"{self.id}.ipynb"
+
+
+START = Exercise("00_start_here", "Start here", "setup check, course map, your progress", "", 10)
+
+# The course map. README.md's table and 00_start_here are checked against it.
+COURSE: tuple[Exercise, ...] = (
+    Exercise("01_api_communication", "API communication",
+             "sync vs async APIs, retries with jitter, idempotency keys", "api_communication", 45),
+    Exercise("02_load_balancing", "Load balancing",
+             "round-robin, least-connections, power of two choices, outlier detection",
+             "load_balancing", 45),
+    Exercise("03_message_queues", "Message queues",
+             "queue between API and workers, ack, visibility timeout, DLQ", "message_queues", 45),
+    Exercise("04_model_routing", "Model routing",
+             "rules- and classifier-based routing between a small and a large model",
+             "model_routing", 45),
+    Exercise("05_rag_pipeline", "RAG pipeline",
+             "ingestion (chunk, embed, store) and query (embed, retrieve, answer)",
+             "rag_pipeline", 50),
+    Exercise("06_ai_observability", "AI observability",
+             "TTFT, token throughput, P99, queue depth", "ai_observability", 45),
+    Exercise("07_vector_database_design", "Vector database design",
+             "metadata filtering, namespace isolation, embedding consistency",
+             "vector_database_design", 45),
+)
+EXERCISE_IDS = frozenset(e.id for e in COURSE)
+
+
+# --- results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One requirement of an exercise, with what it expected and what it found."""
+
+    name: str
+    passed: bool
+    expected: str
+    found: str
+    hint: str = ""  # shown only when the check fails: what to look at next
+
+
+@dataclass
+class CheckResult:
+    """The verdict on one attempt at an exercise."""
+
+    exercise: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        return "Passed" if self.passed else "Not yet"
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {"labsupport": {"exercise": self.exercise, "passed": self.passed}}
+
+    def summary(self) -> str:
+        """Plain-text form: the verdict and one line per check."""
+        lines = [f"{self.exercise}: {self.verdict}"]
+        for c in self.checks:
+            mark = "PASS" if c.passed else "FAIL"
+            lines.append(f"  [{mark}] {c.name}: expected {c.expected}; found {c.found}")
+            if c.hint and not c.passed:
+                lines.append(f"         hint: {c.hint}")
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        # Opaque colours with dark text, so the box reads in light and dark themes.
+        colour, icon = ("#1b7837", "&#10004;") if self.passed else ("#b35806", "&#10008;")
+        rows = []
+        for c in self.checks:
+            mark = "&#10004;" if c.passed else "&#10008;"
+            hint = (f"<div style='color:#444'><i>Hint:</i> {html.escape(c.hint)}</div>"
+                    if c.hint and not c.passed else "")
+            rows.append(
+                "<tr style='background:#ffffff;color:#111'>"
+                f"<td style='padding:4px 8px'>{mark}</td>"
+                f"<td style='padding:4px 8px'>{html.escape(c.name)}</td>"
+                f"<td style='padding:4px 8px'>{html.escape(c.expected)}</td>"
+                f"<td style='padding:4px 8px'>{html.escape(c.found)}{hint}</td></tr>")
+        return (
+            f"<div class='labsupport-check' style='border:2px solid {colour};border-radius:6px;"
+            "background:#ffffff;color:#111;padding:8px 12px;margin:4px 0'>"
+            f"<div style='font-weight:bold;color:{colour};font-size:1.1em'>{icon} "
+            f"{html.escape(self.exercise)}: {self.verdict}</div>"
+            "<table style='border-collapse:collapse;margin-top:6px;color:#111'>"
+            "<tr style='background:#f0f0f0;color:#111'><th></th><th style='text-align:left'>"
+            "check</th><th style='text-align:left'>expected</th>"
+            "<th style='text-align:left'>found</th></tr>"
+            + "".join(rows) + "</table></div>")
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
+        # IPython passes the second dict through as the output's metadata; tests read it.
+        return {"text/html": self.to_html(), "text/plain": self.summary()}, self.metadata
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+class ExerciseFailed(AssertionError):
+    """Raised in solution mode when the reference solution does not pass."""
+
+
+# --- running checks -----------------------------------------------------------------
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line naming the exception and where in the learner's code it came from."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The learner's code runs in a notebook cell: IPython names those "<ipython-input-…>"
+    # or a temporary file under ipykernel; prefer the last such frame.
+    learner = [f for f in frames if "ipykernel" in f.filename or f.filename.startswith("<")]
+    where = ""
+    if learner:
+        frame = learner[-1]
+        where = f" (in {frame.name}, line {frame.lineno}: {(frame.line or '').strip()})"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def run_checks(exercise: str, checks: Callable[[Any], list[Check]], answer: Any, *,
+               solution_mode: bool = False) -> CheckResult:
+    """Run ``checks(answer)`` and return the verdict; never raises on a wrong answer.
+
+    Anything the checks raise (most often the learner's own code failing inside them)
+    becomes one failed check that names the exception. In solution mode a failed
+    verdict is displayed and then raised, so that an automated run fails loudly.
+    """
+    try:
+        found = list(checks(answer))
+    except Exception as exc:  # noqa: BLE001 - every learner error must become feedback
+        found = [Check("your code runs", False, "no exception", describe_exception(exc),
+                       hint="Run your starter cell on its own and read the error above.")]
+    if not found:  # a checker that checked nothing must not pass
+        found = [Check("checks ran", False, "at least one check", "none")]
+    result = CheckResult(exercise, found)
+    record_attempt(exercise, result.passed)
+    if solution_mode and not result.passed:
+        _display(result)
+        raise ExerciseFailed(result.summary())
+    return result
+
+
+def _display(result: CheckResult) -> None:
+    try:
+        from IPython.display import display
+    except ImportError:  # outside IPython: print instead
+        print(result.summary())
+        return
+    display(result)
+
+
+# --- small helpers for writing checks -----------------------------------------------
+
+
+def expect_callable(answer: Any, what: str = "your function") -> Check | None:
+    """A failed check when ``answer`` is not callable (None, a number, …), else None."""
+    if callable(answer):
+        return None
+    return Check(f"{what} is a function", False, "a function (def ...)",
+                 f"{type(answer).__name__} {answer!r:.60}",
+                 hint="Define the function in the starter cell and run that cell first.")
+
+
+def expect_type(answer: Any, types: type | tuple[type, ...], what: str) -> Check | None:
+    """A failed check when ``answer`` is not of ``types``, else None."""
+    if isinstance(answer, types):
+        return None
+    names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+    return Check(f"{what} has the right type", False, names,
+                 f"{type(answer).__name__} {answer!r:.60}")
+
+
+# --- progress -----------------------------------------------------------------------
+
+
+def progress_path() -> Path:
+    return Path(os.environ.get(ENV_PROGRESS, Path.home() / ".labsupport" / "progress.json"))
+
+
+def load_progress(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Progress per exercise id: ``{"passed": bool, "attempts": int, "passed_at": iso}``.
+
+    A missing or unreadable file reads as no progress (an unreadable one is kept aside
+    as ``*.corrupt`` so nothing is silently thrown away).
+    """
+    path = path or progress_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        try:
+            path.replace(path.with_suffix(path.suffix + ".corrupt"))
+        except OSError:
+            pass
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+def record_attempt(exercise: str, passed: bool, path: Path | None = None) -> None:
+    """Count an attempt; remember the first time it passed. Written atomically."""
+    path = path or progress_path()
+    progress = load_progress(path)
+    entry = progress.setdefault(exercise, {"passed": False, "attempts": 0, "passed_at": None})
+    entry["attempts"] = int(entry.get("attempts", 0)) + 1
+    if passed and not entry.get("passed"):
+        entry["passed"] = True
+        entry["passed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".progress-", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(progress, handle, indent=2, sort_keys=True)
+        os.replace(tmp, path)  # atomic: a crash never leaves half a file
+    except OSError:
+        pass  # a read-only home must not break the exercise; progress is a nicety
+
+
+def reset_progress(path: Path | None = None) -> None:
+    """Forget all progress (``make reset`` calls this)."""
+    (path or progress_path()).unlink(missing_ok=True)
+
+
+def progress_rows(path: Path | None = None) -> list[dict[str, Any]]:
+    """One row per course exercise, in course order, for the progress table."""
+    progress = load_progress(path)
+    rows = []
+    for ex in COURSE:
+        entry = progress.get(ex.id, {})
+        rows.append({"notebook": ex.notebook, "title": ex.title,
+                     "passed": bool(entry.get("passed")),
+                     "attempts": int(entry.get("attempts", 0)),
+                     "passed_at": entry.get("passed_at") or ""})
+    return rows

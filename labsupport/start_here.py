@@ -1,0 +1,211 @@
+"""Backs ``00_start_here.ipynb``: the setup check, the course map and your progress.
+
+From the shell, ``python -m labsupport.start_here`` runs the same setup check and
+exits non-zero if any item fails.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from labsupport import embeddings, exercises
+
+# Packages whose versions the setup check reports (PyPI names).
+KEY_PACKAGES = ("jupyterlab", "ipywidgets", "numpy", "torch", "sentence-transformers",
+                "chromadb", "plotly", "fastapi", "uvicorn", "httpx", "prometheus-client",
+                "papermill")
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+MIN_FREE_MEMORY_GB = 1.5  # one notebook kernel peaks under 1 GB; leave room for the browser
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of the setup check."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'OK  ' if self.ok else 'FAIL'}  {self.name:<26} {self.detail}"
+
+
+def _check(name: str, probe: Callable[[], str]) -> Item:
+    """Run one probe; any exception is a FAIL with its message, never a traceback."""
+    started = time.perf_counter()
+    try:
+        detail = probe()
+        ok = True
+    except Exception as exc:  # noqa: BLE001 - the check reports, it does not crash
+        detail, ok = f"{type(exc).__name__}: {exc}", False
+    took = time.perf_counter() - started
+    return Item(name, ok, f"{detail} [{took:.1f} s]" if took >= 0.5 else detail)
+
+
+def _python() -> str:
+    if sys.version_info < (3, 11):  # noqa: UP036 - a kernel from another Python may run this
+        raise RuntimeError(f"Python {platform.python_version()}; the course needs 3.11 or newer")
+    return f"Python {platform.python_version()} ({sys.executable})"
+
+
+def _packages() -> str:
+    missing, found = [], []
+    for name in KEY_PACKAGES:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        raise RuntimeError(f"not installed: {', '.join(missing)} (run `make lab`)")
+    return ", ".join(found)
+
+
+def _model_hash() -> str:
+    path = embeddings.model_path()
+    embeddings.verify_model_dir(path, full=True)  # hash again, do not trust the marker
+    return f"{embeddings.MODEL_NAME}@{embeddings.MODEL_REVISION}, SHA-256 {embeddings.WEIGHTS_SHA256[:12]}… in {path}"
+
+
+def _embedding() -> str:
+    import numpy as np
+
+    vectors = embeddings.embed(["How do I reset my password?", "I forgot my login"])
+    if vectors.shape != (2, embeddings.DIMENSION):
+        raise RuntimeError(f"shape {vectors.shape}, expected (2, {embeddings.DIMENSION})")
+    similarity = float(np.dot(vectors[0], vectors[1]))
+    return f"2 × {vectors.shape[1]} dims; cosine('reset my password', 'forgot my login') = {similarity:.2f}"
+
+
+def _chroma() -> str:
+    import chromadb
+
+    with tempfile.TemporaryDirectory(prefix="labsupport-chroma-") as folder:
+        client = chromadb.PersistentClient(
+            path=folder, settings=chromadb.Settings(anonymized_telemetry=False))
+        collection = client.get_or_create_collection(
+            "setup_check", embedding_function=embeddings.chroma_embedding_function(),
+            configuration={"hnsw": {"space": "cosine"}})
+        collection.upsert(ids=["a", "b"], documents=["Reset your password on the login page.",
+                                                     "Expenses are paid monthly."])
+        hit = collection.query(query_texts=["I forgot my login"], n_results=1)["ids"][0][0]
+        del collection, client  # close the files before the folder goes
+    if hit != "a":
+        raise RuntimeError(f"query returned {hit!r}, expected 'a'")
+    return f"chromadb {chromadb.__version__}: embedded collection created, queried, right hit"
+
+
+def _widget() -> str:
+    import ipywidgets as widgets
+    from IPython import get_ipython
+    from IPython.display import display
+
+    slider = widgets.IntSlider(value=3, min=1, max=7, description="widgets")
+    if get_ipython() is not None:
+        display(slider)
+        return f"ipywidgets {widgets.__version__}: a slider is shown above this table"
+    return f"ipywidgets {widgets.__version__}: created (no notebook to display it in)"
+
+
+def _memory() -> str:
+    import psutil
+
+    available_gb = psutil.virtual_memory().available / 1e9
+    if available_gb < MIN_FREE_MEMORY_GB:
+        raise RuntimeError(f"{available_gb:.1f} GB free; close other kernels (need {MIN_FREE_MEMORY_GB} GB)")
+    return f"{available_gb:.1f} GB free"
+
+
+def setup_check() -> list[Item]:
+    """Every setup item, in order; each is OK or FAIL with a detail line."""
+    return [
+        _check("Python", _python),
+        _check("packages", _packages),
+        _check("embedding model + hash", _model_hash),
+        _check("an embedding", _embedding),
+        _check("Chroma (embedded)", _chroma),
+        _check("widget", _widget),
+        _check("free memory", _memory),
+    ]
+
+
+def report(items: list[Item]) -> str:
+    lines = [item.line() for item in items]
+    failed = sum(not item.ok for item in items)
+    lines.append("All set." if not failed else
+                 f"{failed} item(s) FAIL: see README.md, section Troubleshooting.")
+    return "\n".join(lines)
+
+
+def course_map_markdown(link_prefix: str = "") -> str:
+    """The course map as a Markdown table: notebook (a link), pattern, time, module.
+
+    README.md (``link_prefix="notebooks/"``) and 00_start_here carry this table
+    verbatim; tests/test_course.py checks that they still agree with ``COURSE``.
+    """
+    lines = ["| notebook | pattern | est. time | module |", "|---|---|---:|---|"]
+    for ex in (exercises.START, *exercises.COURSE):
+        module = f"`labsupport/{ex.module}.py`" if ex.module else "`labsupport/start_here.py`"
+        if (NOTEBOOKS_DIR / ex.notebook).is_file():
+            name = f"[{ex.notebook}]({link_prefix}{ex.notebook})"
+        else:  # listed so the map shows the whole course; not written yet
+            name, module = f"{ex.notebook} *(in preparation)*", "—"
+        lines.append(f"| {name} | **{ex.title}**: {ex.pattern} | {ex.minutes} min | {module} |")
+    total = exercises.START.minutes + sum(ex.minutes for ex in exercises.COURSE)
+    lines.append(f"| | **total** | {total / 60:.1f} h | |")
+    return "\n".join(lines)
+
+
+def progress_html() -> str:
+    """The learner's progress across the seven exercises, from the progress file."""
+    rows = exercises.progress_rows()
+    done = sum(r["passed"] for r in rows)
+    body = "".join(
+        f"<tr><td>{html.escape(r['notebook'])}</td>"
+        f"<td>{'&#10004; passed' if r['passed'] else ('not yet' if r['attempts'] else '—')}</td>"
+        f"<td style='text-align:right'>{r['attempts']}</td><td>{html.escape(r['passed_at'])}</td></tr>"
+        for r in rows)
+    return (f"<p><b>{done} of {len(rows)}</b> exercises passed "
+            f"(progress file: <code>{html.escape(str(exercises.progress_path()))}</code>)</p>"
+            "<table><tr><th>notebook</th><th>exercise</th><th>attempts</th><th>passed at (UTC)</th>"
+            "</tr>" + body + "</table>")
+
+
+MAP_START, MAP_END = "<!-- course-map:start -->", "<!-- course-map:end -->"
+
+
+def with_course_map(text: str, link_prefix: str) -> str:
+    """``text`` with the part between the course-map markers replaced by the current map."""
+    head, rest = text.split(MAP_START, 1)
+    _, tail = rest.split(MAP_END, 1)
+    return f"{head}{MAP_START}\n{course_map_markdown(link_prefix)}\n{MAP_END}{tail}"
+
+
+def write_course_map() -> None:
+    """Refresh the course map in README.md and 00_start_here (``make course-map``)."""
+    import nbformat
+
+    readme = NOTEBOOKS_DIR.parent / "README.md"
+    readme.write_text(with_course_map(readme.read_text(), "notebooks/"))
+    path = NOTEBOOKS_DIR / exercises.START.notebook
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and MAP_START in cell.source:
+            cell.source = with_course_map(cell.source, "")
+    nbformat.write(nb, path)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write-course-map"]:
+        write_course_map()
+        raise SystemExit(0)
+    checked = setup_check()
+    print(report(checked))
+    raise SystemExit(0 if all(item.ok for item in checked) else 1)

@@ -1,0 +1,73 @@
+"""The course's shape: notebooks follow the skeleton, the course map agrees everywhere."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labsupport import exercises, start_here
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(path):
+    for index, cell in enumerate(_cells(path)):
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [], f"cell {index} has outputs: run `make strip`"
+            assert cell["execution_count"] is None, f"cell {index} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_has_one_parameters_cell_with_solution_switch(path):
+    tagged = [c for c in _cells(path) if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    assert "SOLUTION = False" in "".join(tagged[0]["source"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_star_imports_no_installs_no_downloads(path):
+    source = "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code")
+    for forbidden in ("import *", "pip install", "urlretrieve", "requests.get(", "wget "):
+        assert forbidden not in source
+
+
+def test_every_notebook_is_on_the_course_map():
+    known = {exercises.START.notebook} | {e.notebook for e in exercises.COURSE}
+    assert {p.name for p in NOTEBOOKS} <= known
+    assert exercises.START.notebook in {p.name for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in exercises.EXERCISE_IDS],
+                         ids=lambda p: p.stem)
+def test_exercise_notebook_has_hints_and_a_check_cell(path):
+    cells = _cells(path)
+    text = "\n".join("".join(c["source"]) for c in cells)
+    assert text.count("<details>") >= 2, "two or three hints in <details> blocks"
+    assert "check_exercise(" in text and "solution_mode=SOLUTION" in text
+    assert "```mermaid" in text, "one Mermaid diagram for the idea"
+
+
+def test_course_map_in_readme_and_start_here_is_current():
+    readme = (ROOT / "README.md").read_text()
+    assert readme == start_here.with_course_map(readme, "notebooks/"), "run `make course-map`"
+    cell = next(c for c in _cells(ROOT / "notebooks" / "00_start_here.ipynb")
+                if start_here.MAP_START in "".join(c["source"]))
+    source = "".join(cell["source"])
+    assert source == start_here.with_course_map(source, ""), "run `make course-map`"
+
+
+def test_readme_names_the_commands_and_binder_badge():
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    for needed in ("make lab", "make test", "make bench", "Troubleshooting", "offline"):
+        assert needed in readme
+    repo = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    owner_name = repo.removeprefix("https://github.com/")
+    assert f"mybinder.org/v2/gh/{owner_name}/HEAD" in readme

@@ -1,0 +1,52 @@
+"""Execute every notebook with papermill, as CI and `make bench` do.
+
+For each notebook: Run All with SOLUTION=True twice in one kernel (the second pass
+catches servers started twice and collections created twice) and the exercise must
+pass; the untouched starter (SOLUTION=False) must run to the end and be told "not yet".
+Each run's wall time and peak kernel memory go to build/notebook_runs.json.
+"""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labsupport import exercises
+from notebook_runner import NOTEBOOKS, RunRecord, run
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "build" / "notebook_runs.json"
+ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
+WITH_EXERCISE = [p for p in ALL if p.stem in exercises.EXERCISE_IDS]
+
+
+def _record(record: RunRecord) -> None:
+    RECORDS.parent.mkdir(exist_ok=True)
+    runs = json.loads(RECORDS.read_text()) if RECORDS.exists() else []
+    runs = [r for r in runs if (r["notebook"], r["parameters"]) != (record.notebook, record.parameters)]
+    RECORDS.write_text(json.dumps([*runs, asdict(record)], indent=2))
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
+def test_solution_runs_twice_in_one_kernel_and_passes(path, tmp_path):
+    record = run(path, tmp_path, {"SOLUTION": True}, passes=2)
+    _record(record)
+    assert record.error is None, f"{path.name}: {record.error}"
+    if path.stem in exercises.EXERCISE_IDS:
+        assert record.verdict is True, f"{path.name}: the reference solution did not pass"
+        progress = json.loads((tmp_path / "progress.json").read_text())
+        assert progress[path.stem]["passed"] is True
+    if path.stem == exercises.START.id:  # every setup item OK (outputs are the second pass)
+        nb = nbformat.read(record.output, as_version=4)
+        text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+        assert "All set." in text and "FAIL" not in text, text
+
+
+@pytest.mark.parametrize("path", WITH_EXERCISE, ids=lambda p: p.stem)
+def test_untouched_starter_is_told_not_yet(path, tmp_path):
+    record = run(path, tmp_path, {"SOLUTION": False})
+    _record(record)
+    assert record.error is None, f"{path.name}: the starter must run to the end: {record.error}"
+    assert record.verdict is False, f"{path.name}: the starter must be told 'not yet'"
