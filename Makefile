@@ -13,7 +13,7 @@ DEPS   := $(VENV)/.deps-installed
 # JupyterLab refuses to run as root without this flag (CI and containers run as root).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab test bench reset lock course-map strip
+.PHONY: setup model lab test chromium bench reset lock course-map strip
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,16 @@ setup: $(DEPS) model
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) notebooks/00_start_here.ipynb
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest
+
+# The browser tests drive Debian's Chromium (Playwright's own download is not possible
+# offline). Installed when missing and we may; without it those tests are skipped.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "chromium is not installed: the browser tests will be skipped"; fi; }
 
 bench: setup
 	$(PY) tests/bench.py
