@@ -31,9 +31,29 @@ PLOTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(p => (
   svg: [...p.querySelectorAll('svg.main-svg')].map(s => s.innerHTML).join('')}))"""
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
 def _uses(path: Path, word: str) -> bool:
     cells = json.loads(path.read_text())["cells"]
     return any(word in "".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def _saved_output_counts(screen: Screen, saved: Path) -> dict[str, int]:
+    """Save the notebook and count, per MIME type, the outputs the kernel produced.
+
+    The kernel's side of the truth: if the notebook holds 3 widget outputs, the page must
+    show 3 rendered widgets (a missing widget manager falls back to plain text silently).
+    """
+    screen.page.keyboard.press("Control+s")
+    screen.page.wait_for_timeout(1500)
+    counts: dict[str, int] = {}
+    for cell in json.loads(saved.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            for mime in output.get("data", {}):
+                counts[mime] = counts.get(mime, 0) + 1
+    return counts
 
 
 class Screen:
@@ -93,19 +113,21 @@ def _assert_no_errors(screen: Screen) -> None:
         screen.fail(f"code cells {unrun} did not run (Run All stopped early)")
 
 
-def _assert_widgets_rendered(screen: Screen, expect_widgets: bool) -> None:
+def _assert_widgets_rendered(screen: Screen, expected: int) -> None:
     text = screen.page.inner_text(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     for failure in WIDGET_FAILURES:
         if failure in text:
             screen.fail(f"'{failure}' is shown: widgets did not render")
-    if expect_widgets and screen.page.locator(".jp-OutputArea .jupyter-widgets").count() == 0:
-        screen.fail("the notebook uses ipywidgets but no widget is on screen")
+    rendered = screen.page.locator(
+        f".jp-OutputArea-output[data-mime-type='{WIDGET_MIME}'] .jupyter-widgets").count()
+    if rendered < expected:
+        screen.fail(f"the kernel sent {expected} widget outputs; {rendered} rendered as widgets")
 
 
-def _assert_plots_drawn(screen: Screen, expect_plots: bool) -> list[dict]:
+def _assert_plots_drawn(screen: Screen, expected: int) -> list[dict]:
     plots = screen.page.evaluate(PLOTS_JS)
-    if expect_plots and not plots:
-        screen.fail("the notebook uses plotly but no figure is on screen")
+    if len(plots) < expected:
+        screen.fail(f"the kernel sent {expected} plotly figures; {len(plots)} are on screen")
     blank = [i for i, p in enumerate(plots) if not p["drawn"]]
     if blank:
         screen.fail(f"plotly figures {blank} are blank (no SVG drawn)")
@@ -163,9 +185,10 @@ def test_notebook_in_jupyterlab(path, lab, browser):
         _set_theme(screen, "Light")
         _run_all(screen)
         _assert_no_errors(screen)
-        _assert_widgets_rendered(screen, expect_widgets=_uses(path, "widgets"))
-        plots = _assert_plots_drawn(screen, expect_plots=_uses(path, "plot"))
-        if plots and _uses(path, "widgets"):
+        outputs = _saved_output_counts(screen, lab.root / path.name)
+        _assert_widgets_rendered(screen, outputs.get(WIDGET_MIME, 0))
+        plots = _assert_plots_drawn(screen, outputs.get(PLOTLY_MIME, 0))
+        if plots and outputs.get(WIDGET_MIME):
             _move_a_control_and_see_a_figure_change(screen, plots)
         if _uses(path, "check_exercise("):
             box = page.locator(".labsupport-check").last
