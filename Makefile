@@ -13,7 +13,7 @@ DEPS   := $(VENV)/.deps-installed
 # JupyterLab refuses to run as root without this flag (CI and containers run as root).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab test chromium bench reset lock course-map strip
+.PHONY: setup model lab test chromium bench solutions reset lock course-map strip
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,15 @@ chromium:
 bench: setup
 	$(PY) tests/bench.py
 
-reset: | $(PY)
-	$(PY) -c "from labsupport import exercises; exercises.reset_progress()"
-	rm -rf build/ .labsupport/
+# The answer-key handout: every notebook run with SOLUTION=True, as HTML (not committed).
+solutions: setup
+	$(PY) tests/bench.py --export-html build/solutions
+
+# Forget exercise progress and derived caches (embeddings of the data sets). Notebooks,
+# and so your edits, are not touched; the verified model stays.
+reset: $(DEPS)
+	$(PY) -c "from labsupport import embeddings, exercises; exercises.reset_progress(); embeddings.clear_caches()"
+	rm -rf build/
 
 # Regenerate the lock from pyproject.toml in a throwaway venv (torch pinned to 2.13.0,
 # which installs the CPU build here).

@@ -82,6 +82,16 @@ def default_model_dir() -> Path:
     return cache_root() / "models" / f"all-MiniLM-L6-v2-{MODEL_REVISION}"
 
 
+def clear_caches() -> list[Path]:
+    """Delete the derived caches under :func:`cache_root` (embeddings of the course's data
+    sets, which are recomputed on demand); keep the verified model. Returns what went."""
+    root = cache_root()
+    removed = [p for p in root.iterdir() if p.is_dir() and p.name != "models"] if root.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def packaged_zip_path() -> Path:
     """Locate model.zip inside the installed package, without importing the package."""
     try:

@@ -1,14 +1,20 @@
-"""`make bench`: run every notebook with SOLUTION=True and report against the budgets.
+"""`make bench` and `make solutions`: run every notebook with SOLUTION=True.
 
-Prints a table (notebook, wall seconds, peak kernel MB, verdict) and writes it to
-build/bench.json. Pattern modules that define ``benchmark() -> dict`` (for example the
-load-balancing simulator against SimPy) add their own figures to the report.
+`make bench` prints a table (notebook, wall seconds, peak kernel MB, verdict) against the
+budgets and writes it to build/bench.json. Pattern modules that define
+``benchmark() -> dict`` (for example the load-balancing simulator against SimPy) add
+their own figures.
+
+`make solutions` (``--export-html build/solutions``) also exports each executed notebook
+to HTML: the answer-key handout for instructors. Handouts are build output, never committed.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,12 +39,31 @@ def _verdict_text(record) -> str:
     return "passed" if record.verdict else "NOT YET"
 
 
-def main() -> int:
+def export_html(executed: Path, folder: Path) -> Path:
+    """Write ``executed`` as a standalone HTML page in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", "--log-level", "WARN",
+                    "--output-dir", str(folder), "--output", Path(executed).name.split(".")[0],
+                    str(executed)], check=True)
+    return folder / (Path(executed).name.split(".")[0] + ".html")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--export-html", type=Path, metavar="DIR",
+                        help="also export each executed notebook to DIR as HTML")
+    parser.add_argument("--only", default="", help="comma-separated notebook stems")
+    args = parser.parse_args(argv)
+    only = {s for s in args.only.split(",") if s}
     rows, ok = [], True
     print(f"{'notebook':<34} {'wall s':>7} {'peak MB':>8}  verdict")
     with tempfile.TemporaryDirectory(prefix="labsupport-bench-") as tmp:
         for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+            if only and path.stem not in only:
+                continue
             record = run(path, Path(tmp) / path.stem, {"SOLUTION": True})
+            if args.export_html and record.error is None:
+                export_html(Path(record.output), args.export_html)
             within = (record.error is None and record.verdict is not False
                       and record.wall_seconds <= BUDGET_SECONDS and record.peak_mb <= BUDGET_MB)
             ok &= within
@@ -54,7 +79,7 @@ def main() -> int:
           f"notebook, {BUDGET_COURSE_SECONDS} s the course)")
 
     extras = {}
-    for ex in exercises.COURSE:
+    for ex in [] if (args.export_html or only) else exercises.COURSE:
         try:
             module = importlib.import_module(f"labsupport.{ex.module}")
         except ModuleNotFoundError:
@@ -66,6 +91,8 @@ def main() -> int:
             for key, value in extras[ex.module].items():
                 print(f"  {key}: {value}")
 
+    if only:  # a partial run does not replace the course's figures
+        return 0 if ok else 1
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"notebooks": rows, "total_seconds": round(total, 1),
                                "module_benchmarks": extras}, indent=2, default=str))

@@ -8,6 +8,8 @@ thread reading the kernel's RSS backs that up.
 
 ``--passes 2`` runs every cell twice in the same kernel (a learner pressing Run All
 twice): servers must not start twice, collections must not clash.
+
+Every run is offline: connections beyond loopback are refused (tests/offline/).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+OFFLINE_GUARD = Path(__file__).resolve().parent / "offline"  # holds a sitecustomize.py
 CELL_TIMEOUT = 300  # seconds; a cell stuck longer than this is a bug, not a slow machine
 
 
@@ -147,8 +150,11 @@ def run(notebook: Path, workdir: Path, parameters: dict[str, Any], *, passes: in
     workdir.mkdir(parents=True, exist_ok=True)
     tag = "_".join(f"{k}-{v}" for k, v in parameters.items()) or "default"
     out = workdir / f"{notebook.stem}.{tag}.ipynb"
+    # Offline, as in a workshop on bad wifi: the hub is told so, and tests/offline's
+    # sitecustomize refuses any connection beyond loopback in the runner and the kernel.
+    python_path = os.pathsep.join(filter(None, [str(OFFLINE_GUARD), os.environ.get("PYTHONPATH")]))
     run_env = {**os.environ, "LABSUPPORT_PROGRESS": str(workdir / "progress.json"),
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": python_path,
                "PYDEVD_DISABLE_FILE_VALIDATION": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, __file__, str(notebook), str(out), "--parameters",

@@ -66,7 +66,7 @@ class Screen:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shot = SCREENSHOTS / f"FAILED-{Path(self.notebook).stem}.png"
         self.page.screenshot(path=str(shot))
-        visible = self.page.inner_text(".jp-NotebookPanel:not(.lm-mod-hidden)")[-1500:]
+        visible = self.page.text_content(".jp-NotebookPanel:not(.lm-mod-hidden)")[-1500:]
         pytest.fail(f"{self.notebook}: {what}\nscreenshot kept: {shot}\non screen (end):\n{visible}",
                     pytrace=False)
 
@@ -104,7 +104,7 @@ def _assert_no_errors(screen: Screen) -> None:
     error = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
     if screen.page.locator(error).count():
         cell = screen.cell_index_of(error)
-        text = screen.page.locator(error).first.inner_text()[-800:]
+        text = screen.page.locator(error).first.text_content()[-800:]
         screen.fail(f"error output in cell {cell}:\n{text}")
     prompts = screen.page.eval_on_selector_all(
         ".jp-CodeCell .jp-InputPrompt", "ps => ps.map(p => p.textContent.trim())")
@@ -114,12 +114,14 @@ def _assert_no_errors(screen: Screen) -> None:
 
 
 def _assert_widgets_rendered(screen: Screen, expected: int) -> None:
-    text = screen.page.inner_text(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+    text = screen.page.text_content(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     for failure in WIDGET_FAILURES:
         if failure in text:
             screen.fail(f"'{failure}' is shown: widgets did not render")
-    rendered = screen.page.locator(
-        f".jp-OutputArea-output[data-mime-type='{WIDGET_MIME}'] .jupyter-widgets").count()
+    # A rendered widget output is a panel holding widget views; without a widget manager
+    # JupyterLab falls back to the output's text/plain, e.g. "IntSlider(value=3)".
+    rendered = screen.page.evaluate("""() => [...document.querySelectorAll('.jp-OutputArea-output')]
+        .filter(o => o.querySelector('.jupyter-widgets')).length""")
     if rendered < expected:
         screen.fail(f"the kernel sent {expected} widget outputs; {rendered} rendered as widgets")
 
@@ -191,9 +193,11 @@ def test_notebook_in_jupyterlab(path, lab, browser):
         if plots and outputs.get(WIDGET_MIME):
             _move_a_control_and_see_a_figure_change(screen, plots)
         if _uses(path, "check_exercise("):
-            box = page.locator(".labsupport-check").last
-            if not box.count() or "Not yet" not in box.inner_text():
-                screen.fail("the starter's exercise box does not say 'Not yet'")
+            boxes = page.locator(".labsupport-check")
+            if not boxes.count():
+                screen.fail("no exercise feedback box is on screen")
+            if "Not yet" not in boxes.last.text_content():
+                screen.fail(f"the starter's exercise box says: {boxes.last.text_content()[:300]}")
         _screenshot(screen, "light")
         _set_theme(screen, "Dark")
         _screenshot(screen, "dark")

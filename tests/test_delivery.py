@@ -1,0 +1,88 @@
+"""Classroom delivery: offline runs, the answer-key handout, reset that keeps edits."""
+
+import hashlib
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from notebook_runner import OFFLINE_GUARD, run
+
+from labsupport import embeddings, exercises
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_guard():
+    spec = importlib.util.spec_from_file_location("offline_guard", OFFLINE_GUARD / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    real = (__import__("socket").socket.connect, __import__("socket").getaddrinfo)
+    spec.loader.exec_module(module)  # patches socket: undo right after
+    import socket
+
+    socket.socket.connect, socket.getaddrinfo = real
+    return module
+
+
+def test_offline_guard_refuses_everything_but_loopback():
+    guard = _load_guard()
+    for host in ("127.0.0.1", "::1", "localhost", "127.5.5.5"):
+        guard._guard((host, 80))  # allowed
+    for host in ("192.0.2.1", "10.0.0.1", "2001:db8::1", "huggingface.co"):
+        with pytest.raises(guard.OfflineViolation):
+            guard._guard((host, 443))
+
+
+def test_notebook_kernels_run_with_the_guard_on(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("SOLUTION = False", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import os, socket\n"
+                                  "print(socket.socket.connect.__name__, os.environ['HF_HUB_OFFLINE'])")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(nb, path)
+    record = run(path, tmp_path / "run", {})
+    assert record.error is None
+    out = nbformat.read(record.output, as_version=4)
+    assert out.cells[1].outputs[0]["text"].strip() == "_guarded_connect 1"
+
+
+def _notebook_hashes() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (ROOT / "notebooks").glob("*.ipynb")}
+
+
+def test_reset_forgets_progress_and_caches_but_keeps_notebooks_and_model(tmp_path, monkeypatch):
+    monkeypatch.setenv(exercises.ENV_PROGRESS, str(tmp_path / "progress.json"))
+    monkeypatch.setenv(embeddings.ENV_CACHE, str(tmp_path / "cache"))
+    exercises.record_attempt("02_load_balancing", True)
+    (tmp_path / "cache" / "routing").mkdir(parents=True)
+    (tmp_path / "cache" / "models" / "m").mkdir(parents=True)
+    before = _notebook_hashes()
+    exercises.reset_progress()
+    removed = embeddings.clear_caches()
+    assert [p.name for p in removed] == ["routing"]
+    assert (tmp_path / "cache" / "models" / "m").is_dir()
+    assert exercises.load_progress() == {}
+    assert _notebook_hashes() == before
+    dry = subprocess.run(["make", "-n", "reset"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "notebooks" not in dry  # make reset never touches the notebooks
+
+
+def test_make_solutions_exports_answer_key_handouts(tmp_path):
+    assert "--export-html build/solutions" in subprocess.run(
+        ["make", "-n", "solutions"], cwd=ROOT, capture_output=True, text=True).stdout
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "bench.py"), "--export-html",
+                           str(tmp_path), "--only", "00_start_here"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = (tmp_path / "00_start_here.html").read_text()
+    assert "All set." in page and "<html" in page
+
+
+def test_handouts_are_not_committed():
+    ignored = subprocess.run(["git", "check-ignore", "build/solutions/x.html"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert ignored.returncode == 0

@@ -1,0 +1,236 @@
+"""Tests of labsupport.load_balancing against independent references.
+
+Queueing theory (M/M/1, Erlang C, Mitzenmacher's supermarket model), a brute-force FCFS
+replay, SimPy, and the exercise checker's verdicts. Fixed seeds throughout; the whole
+file runs in well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from labsupport import load_balancing as lb
+from labsupport.solutions import load_balancing as solution
+
+TOLERANCE = 0.05  # the issue's bar: simulation within 5% of theory
+
+
+def within(found: float, expected: float, tol: float = TOLERANCE) -> bool:
+    return abs(found / expected - 1) <= tol
+
+
+# --- the formulas themselves, against independent references ------------------------
+
+
+def mmc_by_balance_equations(lam: float, mu: float, c: int, states: int = 3000) -> float:
+    """M/M/c mean time in system from the birth-death chain solved numerically (Little)."""
+    rates = [min(k, c) * mu for k in range(1, states)]
+    p = np.ones(states)
+    for k in range(1, states):
+        p[k] = p[k - 1] * lam / rates[k - 1]
+    p /= p.sum()
+    return float((np.arange(states) * p).sum() / lam)
+
+
+@pytest.mark.parametrize("lam,c", [(0.9, 1), (9.0, 10), (3.5, 4), (0.5, 2)])
+def test_erlang_c_matches_the_birth_death_chain(lam: float, c: int) -> None:
+    assert lb.mmc_mean_time(lam, 1.0, c) == pytest.approx(mmc_by_balance_equations(lam, 1.0, c),
+                                                          rel=1e-9)
+
+
+def test_theory_numbers_quoted_in_the_notebook() -> None:
+    assert lb.mm1_mean_time(0.9, 1.0) == pytest.approx(10.0)
+    assert lb.mm1_mean_time(0.9 * 3, 3.0) == pytest.approx(10 / 3)  # W = 10/mu at rho 0.9
+    assert lb.mmc_mean_time(9.0, 1.0, 10) == pytest.approx(1.669, abs=5e-4)
+    assert lb.supermarket_mean_time(0.9, 1) == pytest.approx(10.0)
+    assert lb.supermarket_mean_time(0.99, 1) == pytest.approx(100.0)
+    assert lb.supermarket_mean_time(0.9, 2) == pytest.approx(2.614, abs=5e-4)
+    assert lb.supermarket_mean_time(0.99, 2) == pytest.approx(5.432, abs=5e-4)
+    # d = 2 from the fixed point of the mean-field ODE: s_i = lam^(2^i - 1), T = sum s_i / lam.
+    tails = [0.9 ** (2 ** i - 1) for i in range(1, 40)]
+    assert lb.supermarket_mean_time(0.9, 2) == pytest.approx(sum(tails) / 0.9, rel=1e-12)
+
+
+# --- the simulator against queueing theory ---------------------------------------------
+
+
+def test_mm1_at_rho_09() -> None:
+    cluster = lb.Cluster(n_servers=1, arrival_rate=0.9)  # mu = 1: W = 10
+    result = lb.simulate(cluster, lb.round_robin, 1_500_000, seed=3, warmup=20_000)
+    assert within(result.mean(), lb.mm1_mean_time(0.9, 1.0)), result.mean()
+
+
+def test_mmc_erlang_c_and_the_case_for_pooling() -> None:
+    pooled = lb.Cluster(n_servers=1, workers=10, arrival_rate=9.0)  # one queue, ten workers
+    w_pooled = lb.simulate(pooled, lb.round_robin, 600_000, seed=4, warmup=20_000).mean()
+    assert within(w_pooled, 1.669), w_pooled
+    separate = lb.Cluster(n_servers=10, arrival_rate=9.0)  # ten queues, random split
+    w_separate = lb.long_run_mean_latency(separate, lb.random_choice, 5_000_000, seed=4,
+                                          warmup=100_000)
+    assert within(w_separate, 10.0), w_separate
+    assert w_separate / w_pooled > 5
+
+
+def test_supermarket_d1_at_09_with_the_event_simulator() -> None:
+    cluster = lb.Cluster(n_servers=10, arrival_rate=9.0)  # lam = 0.9 per server
+    result = lb.simulate(cluster, lb.random_choice, 1_500_000, seed=5, warmup=50_000)
+    assert within(result.mean(), lb.supermarket_mean_time(0.9, 1)), result.mean()
+
+
+def test_supermarket_d1_at_099() -> None:
+    # At 99% a single queue relaxes over ~4*10^4 time units and its mean is 100: it takes
+    # ~10^8 requests to pin it to a few percent, hence the vectorized path.
+    cluster = lb.Cluster(n_servers=1, arrival_rate=0.99)
+    mean = lb.long_run_mean_latency(cluster, lb.random_choice, 100_000_000, seed=1,
+                                    warmup=1_000_000)
+    assert within(mean, lb.supermarket_mean_time(0.99, 1)), mean
+
+
+@pytest.mark.parametrize("lam,n_requests,warmup", [(0.9, 400_000, 50_000),
+                                                   (0.99, 3_000_000, 300_000)])
+def test_supermarket_d2(lam: float, n_requests: int, warmup: int) -> None:
+    # 1000 servers: the formula is the n -> infinity limit (at n = 100 and lam = 0.99 the
+    # simulation sits about 10% above it).
+    cluster = lb.Cluster(n_servers=1000, arrival_rate=lam * 1000)
+    result = lb.simulate(cluster, lb.power_of_two, n_requests, seed=0, warmup=warmup)
+    assert within(result.mean(), lb.supermarket_mean_time(lam, 2)), result.mean()
+
+
+# --- the simulator against brute force and SimPy -----------------------------------------
+
+
+def brute_force_latencies(result: lb.Result, cluster: lb.Cluster,
+                          sizes: np.ndarray) -> np.ndarray:
+    """Replay the dispatch decisions with explicit worker slots, one request at a time."""
+    speeds = cluster.speed_list()
+    slots = [[0.0] * cluster.workers for _ in range(cluster.n_servers)]
+    out = np.empty(result.arrival.size)
+    for k, (t, s) in enumerate(zip(result.arrival, result.server, strict=True)):
+        w = min(range(cluster.workers), key=lambda j: slots[s][j])  # first free slot
+        start = max(t, slots[s][w])
+        slots[s][w] = start + sizes[k] / speeds[s]
+        out[k] = slots[s][w] - t
+    return out
+
+
+@pytest.mark.parametrize("policy", [lb.least_connections, lb.power_of_two, lb.round_robin])
+def test_fcfs_with_workers_matches_brute_force(policy: lb.Policy) -> None:
+    cluster = lb.Cluster(n_servers=3, workers=2, arrival_rate=4.0, speeds=(1.0, 0.5, 2.0))
+    result = lb.simulate(cluster, policy, 3000, seed=7)
+    _, sizes, _ = lb._draw(cluster, 3000, 7)
+    np.testing.assert_allclose(result.latency, brute_force_latencies(result, cluster, sizes),
+                               rtol=0, atol=1e-9)
+    assert result.percentile(99) == pytest.approx(np.percentile(result.latency, 99))
+
+
+def test_vectorized_path_gives_the_event_simulators_latencies() -> None:
+    cluster = lb.Cluster(n_servers=4, arrival_rate=3.2, speeds=(1.0, 1.0, 0.8, 1.2))
+    event = lb.simulate(cluster, lb.round_robin, 20_000, seed=9)
+    mean = lb.long_run_mean_latency(cluster, lb.round_robin, 20_000, seed=9)
+    assert mean == pytest.approx(event.mean(), rel=1e-12)
+
+
+def test_simpy_model_agrees_request_by_request() -> None:
+    cluster = lb.Cluster(n_servers=5, workers=2, arrival_rate=8.0)
+    ours = lb.simulate(cluster, lb.least_connections, 5000, seed=2).latency
+    theirs = lb.simulate_simpy(cluster, lb.least_connections, 5000, seed=2)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+
+
+# --- policies --------------------------------------------------------------------------
+
+
+def test_weighted_round_robin_follows_the_weights() -> None:
+    cluster = lb.Cluster(n_servers=3, arrival_rate=1.0, weights=(3.0, 1.0, 1.0))
+    result = lb.simulate(cluster, lb.weighted_round_robin, 500, seed=0)
+    assert result.share().tolist() == [0.6, 0.2, 0.2]
+    window = result.server[:5].tolist()  # smooth: the heavy server is not hit 3 times in a row
+    assert sorted(window) == [0, 0, 0, 1, 2] and window[:3] != [0, 0, 0]
+
+
+def test_least_connections_picks_the_fewest_in_flight() -> None:
+    import random
+
+    view = lb.View(4, [1.0] * 4, random.Random(0), 0.1)
+    view.active[:] = [3, 1, 2, 1]
+    assert {lb.least_connections(view) for _ in range(50)} == {1, 3}  # ties split at random
+    view.candidates = [0, 2]  # 1 and 3 ejected
+    assert lb.least_connections(view) == 2
+
+
+def test_least_connections_beats_round_robin_with_a_slow_server() -> None:
+    rr = lb.noon_report(lb.round_robin, lb.NOON, seed=1, n_requests=10_000)
+    lc = lb.noon_report(lb.least_connections, lb.NOON, seed=1, n_requests=10_000)
+    assert rr.slow_server_share == pytest.approx(0.1, abs=0.001)
+    assert lc.slow_server_share < 0.04 and lc.p99_slow_fleet < rr.p99_slow_fleet / 10
+
+
+def test_scenario_leaves_the_healthy_servers_room() -> None:
+    for scenario in (lb.NOON, lb._UNSEEN):
+        assert scenario.healthy_only_utilization() < 0.70
+
+
+# --- outlier detection -------------------------------------------------------------------
+
+
+def test_latency_outlier_is_ejected_for_growing_times() -> None:
+    od = lb.OutlierDetection(interval=2.0, latency_factor=3.0, base_ejection_time=10.0)
+    cluster = lb.NOON.cluster(slow=True)
+    result = lb.simulate(cluster, lb.Balancer(lb.least_connections, od), 60_000, seed=1)
+    ejections = [(s, a, u) for s, a, u in result.ejections]
+    assert ejections and all(s == lb.NOON.slow_server for s, _, _ in ejections)
+    lengths = [u - a for _, a, u in ejections[:-1]]  # the last one may be cut by the end
+    assert len(lengths) >= 2 and lengths[1] > lengths[0]  # base x number of ejections
+    assert lengths[0] == pytest.approx(10.0, abs=od.interval)
+    assert lengths[1] == pytest.approx(20.0, abs=od.interval)
+
+
+def test_at_most_max_ejection_percent_and_consecutive_errors() -> None:
+    # Three servers always answer 5xx; 10% of 10 hosts means one ejected at a time.
+    cluster = lb.Cluster(n_servers=10, arrival_rate=5.0, error_rates=(1, 1, 1) + (0,) * 7)
+    od = lb.OutlierDetection()  # Envoy defaults: consecutive_5xx 5, interval 10 s, 30 s, 10%
+    result = lb.simulate(cluster, lb.Balancer(lb.round_robin, od), 3000, seed=0)
+    assert result.ejections[0][0] in (0, 1, 2)
+    for t in np.linspace(0, float(result.arrival[-1]), 200):
+        assert sum(a <= t < u for _, a, u in result.ejections) <= 1
+    assert result.dropped == 0
+
+
+def test_panic_threshold_routes_to_every_host() -> None:
+    cluster = lb.Cluster(n_servers=4, arrival_rate=5.0, error_rates=(1.0,) * 4)
+    od = lb.OutlierDetection(max_ejection_percent=100)  # would eject everyone
+    result = lb.simulate(cluster, lb.Balancer(lb.round_robin, od), 2000, seed=0)
+    assert len({s for s, _, _ in result.ejections}) >= 3  # ejections happen ...
+    assert result.dropped == 0 and set(result.server.tolist()) == {0, 1, 2, 3}  # ... panic
+
+
+# --- the exercise checker -------------------------------------------------------------------
+
+
+def test_starter_fails_and_solution_passes(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
+    starter = lb.check_exercise(lb.round_robin)
+    assert not starter.passed and any("%" in c.found for c in starter.checks)
+    assert not lb.check_exercise(lb.least_connections).passed  # not enough on its own
+    assert lb.check_exercise(solution.answer, solution_mode=True).passed
+
+
+def test_checker_turns_bad_answers_into_feedback(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
+    assert not lb.check_exercise(None).passed
+    crashed = lb.check_exercise(lambda view: 1 / 0)
+    assert "ZeroDivisionError" in crashed.checks[0].found
+    dropping = lb.check_exercise(lambda view: 99)  # no such server: every request dropped
+    assert not dropping.passed
+    dropped = next(c for c in dropping.checks if c.name == "no request dropped")
+    assert not dropped.passed and "dropped" in dropped.found
+
+
+def test_explore_callback_updates_the_figure() -> None:
+    fig = lb.explore_figure()
+    summary = lb.update_explore(fig, traffic=3.0, policy="least-connections", n_servers=6)
+    assert "least-connections" in summary and "s3" in summary
+    assert len(fig.data[1].y) == 6 and not math.isnan(fig.data[2].y[3])
