@@ -67,7 +67,7 @@ lock:
 	mv requirements.lock.new requirements.lock && rm -rf build/lock-venv
 
 # Refresh the course map in README.md and 00_start_here after a notebook lands.
-course-map: $(DEPS)
+course-map: $(DEPS)  # after `make bench`, the times use its measurements
 	$(PY) -m labsupport.start_here --write-course-map
 
 # Strip outputs from every notebook before committing.

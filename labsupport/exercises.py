@@ -37,35 +37,47 @@ class Exercise:
     title: str
     pattern: str
     module: str  # the labsupport module that backs it ("" for the start notebook)
-    minutes: int  # estimated time: reading plus Run All plus the exercise
+    know_first: str  # the "what you need to know first" line
+    solve_minutes: int  # time to solve the exercise; reading and Run All are measured
 
     @property
     def notebook(self) -> str:
         return f"{self.id}.ipynb"
 
 
-START = Exercise("00_start_here", "Start here", "setup check, course map, your progress", "", 10)
+START = Exercise("00_start_here", "Start here", "setup check, course map, your progress",
+                 "", "Nothing: start here.", 0)
 
-# The course map. README.md's table and 00_start_here are checked against it.
+# The course map, in order. README.md, 00_start_here and every notebook's navigation
+# line are generated from it (`make course-map`) and checked against it by the tests.
 COURSE: tuple[Exercise, ...] = (
     Exercise("01_api_communication", "API communication",
-             "sync vs async APIs, retries with jitter, idempotency keys", "api_communication", 45),
+             "sync vs async APIs, retries with jitter, idempotency keys", "api_communication",
+             "Python functions; HTTP basics (a request, a status code, a header).", 15),
     Exercise("02_load_balancing", "Load balancing",
              "round-robin, least-connections, power of two choices, outlier detection",
-             "load_balancing", 45),
+             "load_balancing",
+             "Mean, median and percentiles (p50, p99); the queueing theory used is derived "
+             "in the notebook.", 15),
     Exercise("03_message_queues", "Message queues",
-             "queue between API and workers, ack, visibility timeout, DLQ", "message_queues", 45),
+             "queue between API and workers, ack, visibility timeout, DLQ", "message_queues",
+             "01's idempotency (at-least-once delivery needs it) and 202 Accepted.", 15),
     Exercise("04_model_routing", "Model routing",
              "rules- and classifier-based routing between a small and a large model",
-             "model_routing", 45),
+             "model_routing",
+             "What an embedding is (00's setup check computed one); a probability threshold.",
+             15),
     Exercise("05_rag_pipeline", "RAG pipeline",
              "ingestion (chunk, embed, store) and query (embed, retrieve, answer)",
-             "rag_pipeline", 50),
+             "rag_pipeline",
+             "Embeddings and cosine similarity (04); what a prompt to an LLM looks like.", 20),
     Exercise("06_ai_observability", "AI observability",
-             "TTFT, token throughput, P99, queue depth", "ai_observability", 45),
+             "TTFT, token throughput, P99, queue depth", "ai_observability",
+             "Percentiles and queues (02); how an LLM streams tokens.", 15),
     Exercise("07_vector_database_design", "Vector database design",
              "metadata filtering, namespace isolation, embedding consistency",
-             "vector_database_design", 45),
+             "vector_database_design",
+             "Embeddings and top-k search (04 or 05); what a metadata filter is.", 15),
 )
 EXERCISE_IDS = frozenset(e.id for e in COURSE)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 import importlib.metadata
+import json
+import math
 import platform
 import sys
 import tempfile
@@ -23,6 +25,10 @@ KEY_PACKAGES = ("jupyterlab", "ipywidgets", "numpy", "torch", "sentence-transfor
                 "chromadb", "plotly", "fastapi", "uvicorn", "httpx", "prometheus-client",
                 "papermill")
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+RUN_TIMES = NOTEBOOKS_DIR.parent / "docs" / "run_times.json"  # written by `make bench`
+RUN_ALL_BUDGET_SECONDS = 45  # used for a notebook `make bench` has not measured yet
+READING_WORDS_PER_MINUTE = 180  # prose and code read carefully, not skimmed
+NAV_START, NAV_END = "<!-- nav:start -->", "<!-- nav:end -->"
 MIN_FREE_MEMORY_GB = 1.5  # one notebook kernel peaks under 1 GB; leave room for the browser
 
 
@@ -144,23 +150,81 @@ def report(items: list[Item]) -> str:
     return "\n".join(lines)
 
 
-def course_map_markdown(link_prefix: str = "") -> str:
+def reading_minutes(notebook: Path) -> float:
+    """Minutes to read every cell of ``notebook`` at READING_WORDS_PER_MINUTE."""
+    cells = json.loads(notebook.read_text())["cells"]
+    words = sum(len("".join(c["source"]).split()) for c in cells
+                if NAV_START not in "".join(c["source"]))
+    return words / READING_WORDS_PER_MINUTE
+
+
+def run_seconds(ex: exercises.Exercise) -> float:
+    """Run All seconds measured by `make bench` (docs/run_times.json), else the budget."""
+    try:
+        measured = json.loads(RUN_TIMES.read_text())["seconds"]
+    except (OSError, ValueError, KeyError):
+        measured = {}
+    return float(measured.get(ex.id, RUN_ALL_BUDGET_SECONDS))
+
+
+def estimated_minutes(ex: exercises.Exercise) -> int:
+    """Reading time + measured Run All time + time to solve, rounded up to 5 minutes."""
+    path = NOTEBOOKS_DIR / ex.notebook
+    total = reading_minutes(path) + run_seconds(ex) / 60 + ex.solve_minutes
+    return 5 * math.ceil(total / 5)
+
+
+def binder_url(notebook: str) -> str:
+    """A mybinder.org link that opens ``notebook`` in JupyterLab, built from the
+    repository URL in pyproject.toml ([project.urls] Repository)."""
+    urls = importlib.metadata.metadata("labsupport").get_all("Project-URL") or []
+    repo = next(u.split(",", 1)[1].strip() for u in urls if u.startswith("Repository"))
+    owner_name = repo.removeprefix("https://github.com/").removesuffix(".git")
+    return f"https://mybinder.org/v2/gh/{owner_name}/HEAD?urlpath=lab/tree/notebooks/{notebook}"
+
+
+def _available(ex: exercises.Exercise) -> bool:
+    return (NOTEBOOKS_DIR / ex.notebook).is_file()
+
+
+def course_map_markdown(link_prefix: str = "", binder: bool = False) -> str:
     """The course map as a Markdown table: notebook (a link), pattern, time, module.
 
-    README.md (``link_prefix="notebooks/"``) and 00_start_here carry this table
-    verbatim; tests/test_course.py checks that they still agree with ``COURSE``.
+    README.md (``link_prefix="notebooks/"``, with Binder links) and 00_start_here carry
+    this table verbatim; tests/test_course.py checks that they are current.
     """
-    lines = ["| notebook | pattern | est. time | module |", "|---|---|---:|---|"]
+    header = "| notebook | pattern | est. time | module |" + (" Binder |" if binder else "")
+    lines = [header, "|---|---|---:|---|" + ("---|" if binder else "")]
+    total = 0
     for ex in (exercises.START, *exercises.COURSE):
-        module = f"`labsupport/{ex.module}.py`" if ex.module else "`labsupport/start_here.py`"
-        if (NOTEBOOKS_DIR / ex.notebook).is_file():
-            name = f"[{ex.notebook}]({link_prefix}{ex.notebook})"
+        module = f"`labsupport/{ex.module or 'start_here'}.py`"
+        launch = ""
+        if _available(ex):
+            name, minutes = f"[{ex.notebook}]({link_prefix}{ex.notebook})", estimated_minutes(ex)
+            total += minutes
+            time_text = f"{minutes} min"
+            launch = f" [launch]({binder_url(ex.notebook)}) |" if binder else ""
         else:  # listed so the map shows the whole course; not written yet
-            name, module = f"{ex.notebook} *(in preparation)*", "—"
-        lines.append(f"| {name} | **{ex.title}**: {ex.pattern} | {ex.minutes} min | {module} |")
-    total = exercises.START.minutes + sum(ex.minutes for ex in exercises.COURSE)
-    lines.append(f"| | **total** | {total / 60:.1f} h | |")
+            name, module, time_text = f"{ex.notebook} *(in preparation)*", "—", "—"
+            launch = " |" if binder else ""
+        lines.append(f"| {name} | **{ex.title}**: {ex.pattern} | {time_text} | {module} |{launch}")
+    lines.append(f"| | **total** | {total / 60:.1f} h | |" + (" |" if binder else ""))
     return "\n".join(lines)
+
+
+def nav_markdown(ex: exercises.Exercise) -> str:
+    """The navigation line of a notebook: previous/next, time, what to know first."""
+    order = [exercises.START, *exercises.COURSE]
+    index = order.index(ex)
+    before = next((e for e in reversed(order[:index]) if _available(e)), None)
+    after = next((e for e in order[index + 1:] if _available(e)), None)
+    links = " · ".join(filter(None, [
+        f"← previous: [{before.title}]({before.notebook})" if before else "",
+        "[course map](00_start_here.ipynb#Course-map)" if ex is not exercises.START else "",
+        f"next: [{after.title}]({after.notebook}) →" if after else ""]))
+    return (f"{NAV_START}\n**About {estimated_minutes(ex)} minutes** (reading, running every "
+            f"cell, the exercise) · **What you need to know first:** {ex.know_first}\n\n"
+            f"{links}\n{NAV_END}")
 
 
 def progress_html() -> str:
@@ -168,7 +232,7 @@ def progress_html() -> str:
     rows = exercises.progress_rows()
     done = sum(r["passed"] for r in rows)
     body = "".join(
-        f"<tr><td>{html.escape(r['notebook'])}</td>"
+        f"<tr><td><a href='{html.escape(r['notebook'])}'>{html.escape(r['notebook'])}</a></td>"
         f"<td>{'&#10004; passed' if r['passed'] else ('not yet' if r['attempts'] else '—')}</td>"
         f"<td style='text-align:right'>{r['attempts']}</td><td>{html.escape(r['passed_at'])}</td></tr>"
         for r in rows)
@@ -181,25 +245,42 @@ def progress_html() -> str:
 MAP_START, MAP_END = "<!-- course-map:start -->", "<!-- course-map:end -->"
 
 
-def with_course_map(text: str, link_prefix: str) -> str:
+def _replace_between(text: str, start: str, end: str, new: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{new}{tail}"
+
+
+def with_course_map(text: str, link_prefix: str, binder: bool = False) -> str:
     """``text`` with the part between the course-map markers replaced by the current map."""
-    head, rest = text.split(MAP_START, 1)
-    _, tail = rest.split(MAP_END, 1)
-    return f"{head}{MAP_START}\n{course_map_markdown(link_prefix)}\n{MAP_END}{tail}"
+    new = f"{MAP_START}\n{course_map_markdown(link_prefix, binder)}\n{MAP_END}"
+    return _replace_between(text, MAP_START, MAP_END, new)
+
+
+def with_nav(notebook: dict, ex: exercises.Exercise) -> dict:
+    """``notebook`` (nbformat JSON) with a navigation cell after the title and at the end."""
+    cells = [c for c in notebook["cells"] if NAV_START not in "".join(c["source"])]
+    nav = {"cell_type": "markdown", "metadata": {}, "source": nav_markdown(ex)}
+    notebook["cells"] = [cells[0], {**nav, "id": "nav-top"}, *cells[1:], {**nav, "id": "nav-end"}]
+    return notebook
 
 
 def write_course_map() -> None:
-    """Refresh the course map in README.md and 00_start_here (``make course-map``)."""
+    """Refresh the course map (README.md, 00_start_here) and every notebook's navigation
+    cells from ``exercises.COURSE`` and docs/run_times.json (``make course-map``)."""
     import nbformat
 
     readme = NOTEBOOKS_DIR.parent / "README.md"
-    readme.write_text(with_course_map(readme.read_text(), "notebooks/"))
-    path = NOTEBOOKS_DIR / exercises.START.notebook
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and MAP_START in cell.source:
-            cell.source = with_course_map(cell.source, "")
-    nbformat.write(nb, path)
+    readme.write_text(with_course_map(readme.read_text(), "notebooks/", binder=True))
+    for ex in (exercises.START, *exercises.COURSE):
+        path = NOTEBOOKS_DIR / ex.notebook
+        if not path.is_file():
+            continue
+        notebook = with_nav(nbformat.read(path, as_version=4), ex)
+        for cell in notebook.cells:
+            if MAP_START in cell.source:
+                cell.source = with_course_map(cell.source, "")
+        nbformat.write(nbformat.from_dict(notebook), path)
 
 
 if __name__ == "__main__":

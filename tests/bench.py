@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from labsupport import exercises
+from labsupport import exercises, start_here
 from notebook_runner import NOTEBOOKS, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if only:  # a partial run does not replace the course's figures
         return 0 if ok else 1
+    # Measured Run All seconds feed the estimated times (`make course-map` uses them).
+    start_here.RUN_TIMES.parent.mkdir(exist_ok=True)
+    start_here.RUN_TIMES.write_text(json.dumps({
+        "measured_on": time.strftime("%Y-%m-%d"), "command": "make bench",
+        "seconds": {Path(r["notebook"]).stem: r["wall_seconds"] for r in rows}}, indent=2) + "\n")
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"notebooks": rows, "total_seconds": round(total, 1),
                                "module_benchmarks": extras}, indent=2, default=str))

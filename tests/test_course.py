@@ -1,6 +1,7 @@
 """The course's shape: notebooks follow the skeleton, the course map agrees everywhere."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -55,11 +56,35 @@ def test_exercise_notebook_has_hints_and_a_check_cell(path):
 
 def test_course_map_in_readme_and_start_here_is_current():
     readme = (ROOT / "README.md").read_text()
-    assert readme == start_here.with_course_map(readme, "notebooks/"), "run `make course-map`"
+    assert readme == start_here.with_course_map(readme, "notebooks/", binder=True), \
+        "run `make course-map`"
     cell = next(c for c in _cells(ROOT / "notebooks" / "00_start_here.ipynb")
                 if start_here.MAP_START in "".join(c["source"]))
     source = "".join(cell["source"])
     assert source == start_here.with_course_map(source, ""), "run `make course-map`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_navigation_cells_are_current(path):
+    ex = next(e for e in (exercises.START, *exercises.COURSE) if e.notebook == path.name)
+    navs = [i for i, c in enumerate(_cells(path)) if start_here.NAV_START in "".join(c["source"])]
+    assert navs == [1, len(_cells(path)) - 1], "a navigation cell after the title and at the end"
+    for i in navs:
+        assert "".join(_cells(path)[i]["source"]) == start_here.nav_markdown(ex), "run `make course-map`"
+
+
+def test_readme_links_inside_the_repository_resolve():
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(((?!https?://|#)[^)\s]+)\)", readme)
+    assert targets, "the README links to the notebooks"
+    for target in targets:
+        assert (ROOT / target.split("#")[0]).exists(), f"README links to missing {target}"
+
+
+def test_binder_links_open_each_available_notebook():
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        assert start_here.binder_url(path.name) in readme
 
 
 def test_readme_names_the_commands_and_binder_badge():

@@ -2,15 +2,16 @@
 
 import hashlib
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_runner import OFFLINE_GUARD, run
 
 from labsupport import embeddings, exercises
+from notebook_runner import OFFLINE_GUARD, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,3 +87,22 @@ def test_handouts_are_not_committed():
     ignored = subprocess.run(["git", "check-ignore", "build/solutions/x.html"], cwd=ROOT,
                              capture_output=True, text=True)
     assert ignored.returncode == 0
+
+
+def test_postbuild_steps_then_start_here_all_ok(tmp_path):
+    """Binder's setup, for real: run postBuild with the project's environment (in CI a fresh
+    venv from the lock) and an empty model cache, then Run All of 00_start_here."""
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
+           embeddings.ENV_CACHE: str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", str(ROOT / "postBuild")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "embedding model: OK" in proc.stdout
+    assert (tmp_path / "cache" / "models").is_dir()  # extracted into the empty cache
+    record = run(ROOT / "notebooks" / "00_start_here.ipynb", tmp_path / "run", {},
+                 env={embeddings.ENV_CACHE: str(tmp_path / "cache")})
+    assert record.error is None
+    text = "\n".join(o.get("text", "") for c in nbformat.read(record.output, as_version=4).cells
+                     for o in c.get("outputs", []))
+    assert "All set." in text and "FAIL" not in text, text

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # conda-forge names that differ from the PyPI names
 CONDA_TO_PYPI = {"pytorch-cpu": "torch", "prometheus_client": "prometheus-client"}
-CONDA_ONLY = {"python", "pip"}
+CONDA_ONLY = {"python", "pip", "setuptools"}
 
 
 def _runtime() -> dict[str, Requirement]:
