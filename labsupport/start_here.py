@@ -276,11 +276,11 @@ def write_course_map() -> None:
         path = NOTEBOOKS_DIR / ex.notebook
         if not path.is_file():
             continue
-        notebook = with_nav(nbformat.read(path, as_version=4), ex)
+        notebook = nbformat.from_dict(with_nav(nbformat.read(path, as_version=4), ex))
         for cell in notebook.cells:
             if MAP_START in cell.source:
                 cell.source = with_course_map(cell.source, "")
-        nbformat.write(nbformat.from_dict(notebook), path)
+        nbformat.write(notebook, path)
 
 
 if __name__ == "__main__":
