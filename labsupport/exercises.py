@@ -46,38 +46,40 @@ class Exercise:
 
 
 START = Exercise("00_start_here", "Start here", "setup check, course map, your progress",
-                 "", "Nothing: start here.", 0)
+                 "", "Python you can read; no cloud account, no GPU, no internet needed.", 0)
 
 # The course map, in order. README.md, 00_start_here and every notebook's navigation
 # line are generated from it (`make course-map`) and checked against it by the tests.
 COURSE: tuple[Exercise, ...] = (
     Exercise("01_api_communication", "API communication",
              "sync vs async APIs, retries with jitter, idempotency keys", "api_communication",
-             "Python functions; HTTP basics (a request, a status code, a header).", 15),
+             "Python; HTTP basics (methods, status codes, headers). No FastAPI experience "
+             "needed.", 15),
     Exercise("02_load_balancing", "Load balancing",
              "round-robin, least-connections, power of two choices, outlier detection",
              "load_balancing",
-             "Mean, median and percentiles (p50, p99); the queueing theory used is derived "
-             "in the notebook.", 15),
+             "Python functions; percentiles (p50, p99). No queueing theory: the formulas are "
+             "given and checked by simulation.", 15),
     Exercise("03_message_queues", "Message queues",
              "queue between API and workers, ack, visibility timeout, DLQ", "message_queues",
-             "01's idempotency (at-least-once delivery needs it) and 202 Accepted.", 15),
+             "Python, HTTP status codes; notebook 01 (idempotency keys) helps.", 15),
     Exercise("04_model_routing", "Model routing",
              "rules- and classifier-based routing between a small and a large model",
              "model_routing",
-             "What an embedding is (00's setup check computed one); a probability threshold.",
-             15),
+             "Python, a threshold on a probability; 00 run once (it checks the embedding "
+             "model). No API key: both models are simulated offline.", 15),
     Exercise("05_rag_pipeline", "RAG pipeline",
              "ingestion (chunk, embed, store) and query (embed, retrieve, answer)",
              "rag_pipeline",
-             "Embeddings and cosine similarity (04); what a prompt to an LLM looks like.", 20),
+             "Python and a little numpy; what an embedding is (a vector whose dot product "
+             "with another measures similarity of meaning).", 20),
     Exercise("06_ai_observability", "AI observability",
              "TTFT, token throughput, P99, queue depth", "ai_observability",
-             "Percentiles and queues (02); how an LLM streams tokens.", 15),
+             "Python; percentiles (02); notebook 03 (queues) helps.", 15),
     Exercise("07_vector_database_design", "Vector database design",
              "metadata filtering, namespace isolation, embedding consistency",
              "vector_database_design",
-             "Embeddings and top-k search (04 or 05); what a metadata filter is.", 15),
+             "Embeddings and top-k retrieval (05 RAG pipeline).", 15),
 )
 EXERCISE_IDS = frozenset(e.id for e in COURSE)
 
