@@ -52,10 +52,9 @@ solutions: setup
 	$(PY) tests/bench.py --export-html build/solutions
 
 # Forget exercise progress and derived caches (embeddings of the data sets). Notebooks,
-# and so your edits, are not touched; the verified model stays.
+# and so your edits, are not touched; the verified model and build/ (handouts) stay.
 reset: $(DEPS)
 	$(PY) -c "from labsupport import embeddings, exercises; exercises.reset_progress(); embeddings.clear_caches()"
-	rm -rf build/
 
 # Regenerate the lock from pyproject.toml in a throwaway venv (torch pinned to 2.13.0,
 # which installs the CPU build here).

@@ -143,7 +143,10 @@ def verify_model_dir(model_dir: Path, *, full: bool = False) -> None:
             f"The embedding model in {model_dir} is corrupt: SHA-256 of {WEIGHTS_FILE} is "
             f"{found}, expected {WEIGHTS_SHA256}. Delete that folder and run "
             "`python -m labsupport.embeddings` to extract it again.")
-    marker.write_text(json.dumps(stamp))
+    try:
+        marker.write_text(json.dumps(stamp))
+    except OSError:
+        pass  # a read-only shared model folder (e.g. on a JupyterHub): just hash next time
 
 
 def prepare_model(model_dir: Path | None = None, zip_path: Path | None = None) -> Path:

@@ -83,3 +83,19 @@ def test_chroma_embedding_function_matches_embed():
 
 def test_word_piece_count():
     assert embeddings.count_word_pieces("hello world") == 2
+
+
+def test_read_only_model_folder_still_verifies(tmp_path, monkeypatch):
+    """A shared, read-only model folder (a JupyterHub): the marker cannot be written."""
+    weights = b"pretend weights"
+    monkeypatch.setattr(embeddings, "WEIGHTS_SHA256", __import__("hashlib").sha256(weights).hexdigest())
+    target = tmp_path / "m"
+    embeddings.prepare_model(target, zip_path=_fake_zip(tmp_path / "model.zip", weights))
+    (target / ".verified.json").unlink()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(type(target), "write_text", read_only)
+    embeddings.verify_model_dir(target, full=True)  # hashes, cannot write, does not fail
+    assert not (target / ".verified.json").exists()
