@@ -76,6 +76,12 @@ class Screen:
         for label in labels[1:]:
             self.page.click(f".lm-Menu:visible .lm-Menu-itemLabel:text-is('{label}')")
 
+    def cell_index_containing(self, text: str) -> int:
+        """The index of the first notebook cell whose text contains ``text``."""
+        return self.page.evaluate(
+            """t => [...document.querySelectorAll('.jp-Notebook .jp-Cell')]
+                     .findIndex(c => c.textContent.includes(t))""", text)
+
     def cell_index_of(self, selector: str) -> int:
         """The index of the notebook cell holding the first element matching ``selector``."""
         return self.page.evaluate(
@@ -117,7 +123,8 @@ def _assert_widgets_rendered(screen: Screen, expected: int) -> None:
     text = screen.page.text_content(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     for failure in WIDGET_FAILURES:
         if failure in text:
-            screen.fail(f"'{failure}' is shown: widgets did not render")
+            cell = screen.cell_index_containing(failure)
+            screen.fail(f"'{failure}' is shown in cell {cell}: widgets did not render")
     # A rendered widget output is a panel holding widget views; without a widget manager
     # JupyterLab falls back to the output's text/plain, e.g. "IntSlider(value=3)".
     rendered = screen.page.evaluate("""() => [...document.querySelectorAll('.jp-OutputArea-output')]
@@ -132,7 +139,10 @@ def _assert_plots_drawn(screen: Screen, expected: int) -> list[dict]:
         screen.fail(f"the kernel sent {expected} plotly figures; {len(plots)} are on screen")
     blank = [i for i, p in enumerate(plots) if not p["drawn"]]
     if blank:
-        screen.fail(f"plotly figures {blank} are blank (no SVG drawn)")
+        cells = screen.page.evaluate(
+            """() => [...document.querySelectorAll('.js-plotly-plot')].map(p =>
+                 [...document.querySelectorAll('.jp-Notebook .jp-Cell')].indexOf(p.closest('.jp-Cell')))""")
+        screen.fail(f"plotly figures in cells {[cells[i] for i in blank]} are blank (no SVG drawn)")
     return plots
 
 
@@ -197,7 +207,9 @@ def test_notebook_in_jupyterlab(path, lab, browser):
             if not boxes.count():
                 screen.fail("no exercise feedback box is on screen")
             if "Not yet" not in boxes.last.text_content():
-                screen.fail(f"the starter's exercise box says: {boxes.last.text_content()[:300]}")
+                cell = screen.cell_index_of(".labsupport-check")
+                screen.fail(f"the starter's exercise box (cell {cell}) says: "
+                            f"{boxes.last.text_content()[:300]}")
         _screenshot(screen, "light")
         _set_theme(screen, "Dark")
         _screenshot(screen, "dark")
