@@ -29,9 +29,11 @@ import json
 import shutil
 import socket
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -533,6 +535,34 @@ def _problem(status: int, title: str, detail: str) -> JSONResponse:
                         status_code=status, media_type="application/problem+json")
 
 
+class HandlerError(NamedTuple):
+    """One request the charge handler failed: it raised, or returned something that is
+    not a ``Reply(status, dict)``. Either way the client got a 500."""
+
+    text: str  # one line: the exception and where it happened
+    returned: Any = None  # the bad return value (None when the handler raised)
+    raised: bool = True  # False: the handler returned, the service could not use the value
+
+
+def _handler_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The last traceback frame in the handler's own code: not this module, not the
+    standard library or an installed package."""
+    prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames
+           if f.filename != __file__ and not f.filename.startswith(prefixes)]
+    return own[-1] if own else None
+
+
+def describe_handler_exception(exc: BaseException) -> str:
+    """One line naming the exception and the line of the handler it came from."""
+    text = ex.describe_exception(exc)  # names a notebook cell's line when there is one
+    frame = _handler_frame(exc)
+    if text == f"{type(exc).__name__}: {exc}" and frame is not None:
+        text += f" (in {frame.name}, line {frame.lineno}: {(frame.line or '').strip()})"
+    return text
+
+
 class PaymentService:
     """The payment service: a FastAPI app around a :class:`Ledger` and a charge handler."""
 
@@ -540,19 +570,34 @@ class PaymentService:
         self.ledger = ledger
         self.handler = handler
         self.faults = Faults()
-        self.errors: list[str] = []  # exceptions raised by the handler, one line each
+        self.failures: list[HandlerError] = []  # requests the handler failed, in order
         self.app = self._build_app()
+
+    @property
+    def errors(self) -> list[str]:
+        """What the handler did wrong, one line per failed request."""
+        return [f.text for f in self.failures]
+
+    def _fail(self, failure: HandlerError) -> JSONResponse:
+        self.failures.append(failure)  # list.append is atomic: handler threads may race here
+        return _problem(500, "Internal Server Error", failure.text)
 
     def _call_handler(self, key: str | None, request: ChargeRequest) -> JSONResponse:
         try:
             reply = self.handler(self.ledger, key, request)
+        except Exception as exc:  # noqa: BLE001 - a handler bug is a 500, and is reported
+            return self._fail(HandlerError(describe_handler_exception(exc)))
+        try:
             status, body = reply  # a Reply or any (status, body) pair
             status = int(status)
-            if not 100 <= status <= 599 or not isinstance(body, dict):
-                raise TypeError(f"handler must return Reply(status, dict), got {reply!r:.80}")
-        except Exception as exc:  # noqa: BLE001 - a handler bug is a 500, and is reported
-            self.errors.append(ex.describe_exception(exc))
-            return _problem(500, "Internal Server Error", self.errors[-1])
+            valid = 100 <= status <= 599 and isinstance(body, dict)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            name = getattr(self.handler, "__name__", "the handler")
+            return self._fail(HandlerError(
+                f"TypeError: {name} returned {reply!r:.80}, not Reply(status, dict) "
+                "(the payment service could not send it)", reply, raised=False))
         return JSONResponse(body, status_code=status)
 
     def _build_app(self) -> FastAPI:
@@ -858,8 +903,30 @@ def _describe(r: httpx.Response | str) -> str:
     return f"{r.status_code}"
 
 
-def _errors_note(service: PaymentService) -> str:
-    return f"; your handler raised: {service.errors[0]}" if service.errors else ""
+def _errors_note(failures: list[HandlerError]) -> str:
+    """The handler's failures during one row's requests (not earlier rows')."""
+    if not failures:
+        return ""
+    times = f" ({len(failures)} requests)" if len(failures) > 1 else ""
+    verb = "raised" if failures[0].raised else "failed"
+    return f"; your handler {verb}{times}: {failures[0].text}"
+
+
+def _hint(failures: list[HandlerError], hint: str, in_flight: bool = False) -> str:
+    """The row's own hint, unless the handler failed during it: then name what failed."""
+    if not failures:
+        return hint
+    first = failures[0]
+    if first.raised:
+        return (f"Your handler raised {first.text}, so the service answered 500 Internal "
+                "Server Error. Fix that first.")
+    text = (f"TypeError: your handler returned {first.returned!r:.40} where the payment "
+            "service needs Reply(status, dict), so it answered 500 Internal Server Error. "
+            "Every path of the handler must return a Reply.")
+    if in_flight and first.returned is None:
+        text += (" A retry that arrives while the first request is still in flight finds "
+                 "record.in_flight True and record.reply None: answer 409 Conflict then.")
+    return text
 
 
 def _charge_id(r: httpx.Response | str) -> str | None:
@@ -876,20 +943,22 @@ def _check_lost_response(url: str, service: PaymentService, client: httpx.Client
                          rng: np.random.Generator) -> ex.Check:
     n = int(rng.integers(10, 99))
     key, req = f"k-{n}", ChargeRequest(f"order-{n}", int(rng.integers(500, 9000)))
+    start = len(service.failures)
     service.faults.lose_next = 1
     first = _post(client, url, req, key, timeout=LOST_RESPONSE_TIMEOUT)
     retries = [_post(client, url, req, key) for _ in range(2)]
+    failures = service.failures[start:]
     charges = service.ledger.charges(req.order_id)
     ids = [_charge_id(r) for r in retries]
     replayed = (len(charges) == 1 and all(i == charges[0]["charge_id"] for i in ids)
                 and all(not isinstance(r, str) and r.status_code == retries[0].status_code
                         for r in retries))
     found = (f"{len(charges)} charge(s) for key {key}; first attempt: {_describe(first)}; "
-             f"retries got: {', '.join(_describe(r) for r in retries)}" + _errors_note(service))
+             f"retries got: {', '.join(_describe(r) for r in retries)}" + _errors_note(failures))
     return ex.Check("lost response, then 2 retries", len(charges) == 1 and replayed,
                     "exactly 1 charge; each retry replays the original response (same charge_id)",
-                    found, hint="Store the first response under the key and return it on a retry "
-                                "instead of charging again.")
+                    found, hint=_hint(failures, "Store the first response under the key and "
+                                                "return it on a retry instead of charging again."))
 
 
 def _check_concurrent(url: str, service: PaymentService, rng: np.random.Generator,
@@ -903,8 +972,10 @@ def _check_concurrent(url: str, service: PaymentService, rng: np.random.Generato
             barrier.wait(timeout=NORMAL_TIMEOUT)  # release all requests at once
             return _post(c, url, req, key)
 
+    start = len(service.failures)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(pool.map(one, range(parallel)))
+    failures = service.failures[start:]
     charges = service.ledger.charges(req.order_id)
     codes: dict[str, int] = {}
     for r in results:
@@ -915,11 +986,12 @@ def _check_concurrent(url: str, service: PaymentService, rng: np.random.Generato
         not isinstance(r, str) and (r.status_code == 409 or _charge_id(r) == charges[0]["charge_id"])
         for r in results)
     found = (f"{len(charges)} charge(s) for key {key}; responses: "
-             + ", ".join(f"{v}x {k}" for k, v in sorted(codes.items())) + _errors_note(service))
+             + ", ".join(f"{v}x {k}" for k, v in sorted(codes.items())) + _errors_note(failures))
     return ex.Check(f"{parallel} concurrent requests, one key", consistent,
                     "exactly 1 charge; every response is the original or 409 Conflict", found,
-                    hint="Checking for the key and then inserting it is a race: claim the key with "
-                         "ledger.claim_key (one atomic INSERT) and act on what it returns.")
+                    hint=_hint(failures, "Checking for the key and then inserting it is a race: "
+                                         "claim the key with ledger.claim_key (one atomic INSERT) "
+                                         "and act on what it returns.", in_flight=True))
 
 
 def _check_mismatch(url: str, service: PaymentService, client: httpx.Client,
@@ -928,41 +1000,50 @@ def _check_mismatch(url: str, service: PaymentService, client: httpx.Client,
     key = f"k-{n}"
     first = ChargeRequest(f"order-{n}", 1500)
     other = ChargeRequest(f"order-{n}", 2500)  # same key, another amount
+    start = len(service.failures)
     r1 = _post(client, url, first, key)
     r2 = _post(client, url, other, key)
+    failures = service.failures[start:]
     charges = service.ledger.charges(first.order_id)
     status = None if isinstance(r2, str) else r2.status_code
     ok = status == 422 and len(charges) == 1 and _charge_id(r1) == charges[0]["charge_id"]
     return ex.Check("same key, different amount", ok,
                     "first 201 with a charge; second 422 and no new charge",
                     f"first: {_describe(r1)}; second: {_describe(r2)}; {len(charges)} charge(s) for "
-                    f"key {key}" + _errors_note(service),
-                    hint="Compare the stored fingerprint with api.fingerprint(request).")
+                    f"key {key}" + _errors_note(failures),
+                    hint=_hint(failures, "Compare the stored fingerprint with "
+                                         "api.fingerprint(request)."))
 
 
 def _check_missing_key(url: str, service: PaymentService, client: httpx.Client,
                        rng: np.random.Generator) -> ex.Check:
     n = int(rng.integers(10000, 99999))
     req = ChargeRequest(f"order-{n}", 990)
+    start = len(service.failures)
     r = _post(client, url, req, None)
+    failures = service.failures[start:]
     charges = service.ledger.count_charges(req.order_id)
     status = None if isinstance(r, str) else r.status_code
     return ex.Check("no Idempotency-Key header", status == 400 and charges == 0,
                     "400 Bad Request and no charge",
-                    f"{_describe(r)}; {charges} charge(s)" + _errors_note(service),
-                    hint="key is None when the header is missing: answer 400 before touching the ledger.")
+                    f"{_describe(r)}; {charges} charge(s)" + _errors_note(failures),
+                    hint=_hint(failures, "key is None when the header is missing: answer 400 "
+                                         "before touching the ledger."))
 
 
 def _check_distinct_keys(url: str, service: PaymentService, client: httpx.Client,
                          rng: np.random.Generator) -> ex.Check:
     n = int(rng.integers(100000, 999999))
     req = ChargeRequest(f"order-{n}", 700)
+    start = len(service.failures)
     rs = [_post(client, url, req, f"k-{n}-{i}") for i in range(2)]
+    failures = service.failures[start:]
     charges = service.ledger.count_charges(req.order_id)
     ok = charges == 2 and all(not isinstance(r, str) and r.status_code == 201 for r in rs)
     return ex.Check("two different keys", ok, "2 charges, each answered 201 Created",
-                    f"{', '.join(_describe(r) for r in rs)}; {charges} charge(s)" + _errors_note(service),
-                    hint="A new key is a new payment: charge it and answer 201 with the charge.")
+                    f"{', '.join(_describe(r) for r in rs)}; {charges} charge(s)" + _errors_note(failures),
+                    hint=_hint(failures, "A new key is a new payment: charge it and answer 201 "
+                                         "with the charge."))
 
 
 def _check_restart(handler: ChargeHandler, db_path: Path, rng: np.random.Generator) -> ex.Check:
@@ -984,12 +1065,13 @@ def _check_restart(handler: ChargeHandler, db_path: Path, rng: np.random.Generat
             server2.stop()
     charges = Ledger(db_path).charges(req.order_id)
     ok = len(charges) == 1 and _charge_id(retry) == charges[0]["charge_id"]
-    errors = _errors_note(service) or _errors_note(service2)
+    failures = service.failures + service2.failures  # two fresh services: all of this row
     return ex.Check("service restart between attempts", ok,
                     "exactly 1 charge; the retry after the restart replays it",
                     f"{len(charges)} charge(s) for key {key}; first: {_describe(first)}; "
-                    f"retry after restart: {_describe(retry)}" + errors,
-                    hint="Keep keys and responses in the ledger (SQLite), not in Python memory.")
+                    f"retry after restart: {_describe(retry)}" + _errors_note(failures),
+                    hint=_hint(failures, "Keep keys and responses in the ledger (SQLite), not in "
+                                         "Python memory."))
 
 
 def _checks(answer: Any, seed: int = 1) -> list[ex.Check]:

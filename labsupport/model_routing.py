@@ -20,6 +20,7 @@ From the shell: ``python -m labsupport.model_routing`` prints the scenario's num
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import logging
@@ -833,10 +834,18 @@ def check_exercise(answer: Any, *, solution_mode: bool = False) -> ex.CheckResul
 
 def main(argv: list[str] | None = None) -> int:
     """Print the scenario's baseline, oracle and rules numbers (no model needed)."""
-    test = load_requests("test")
-    for name, routes in (("all large", all_large(test)), ("all small", all_small(test)),
-                         ("oracle", oracle_router(test)), ("rules", rules_router(test))):
-        print(f"{name:10s} {evaluate(test, routes).row()}")
+    parser = argparse.ArgumentParser(
+        prog="python -m labsupport.model_routing",
+        description="Print cost, quality and latency of four routers (all large, all small, "
+                    "the oracle, the rules) on the scenario's labelled requests. Offline: "
+                    "the backends are simulated and no embedding model is loaded.")
+    parser.add_argument("--split", choices=("train", "test"), default="test",
+                        help="which labelled requests to evaluate (default: %(default)s)")
+    args = parser.parse_args(argv)
+    requests = load_requests(args.split)
+    for name, routes in (("all large", all_large(requests)), ("all small", all_small(requests)),
+                         ("oracle", oracle_router(requests)), ("rules", rules_router(requests))):
+        print(f"{name:10s} {evaluate(requests, routes).row()}")
     return 0
 
 

@@ -332,3 +332,51 @@ def test_checker_survives_broken_answers(tmp_path: Path, monkeypatch):
     assert not result.passed and "RuntimeError: boom" in result.checks[0].found
     assert not any(h.name == "exercise-check" for h in api.running_servers())
     assert threading.active_count() < 10  # no server threads left behind
+
+
+def _rows(result) -> dict:
+    return {c.name: c for c in result.checks}
+
+
+def test_handler_error_is_reported_only_on_the_row_it_affected(tmp_path: Path, monkeypatch):
+    """The handler fails once, in the 'same key, different amount' row: that row names the
+    exception and its line; the rows after it pass and say nothing about it."""
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "progress.json"))
+
+    def fails_on_the_other_amount(ledger, key, request):
+        if request.amount_cents == 2500 and len(request.order_id) == len("order-1234"):
+            raise RuntimeError("amount changed")
+        return idempotent_charge(ledger, key, request)
+
+    rows = _rows(api.check_exercise(fails_on_the_other_amount))
+    for name in ("no Idempotency-Key header", "two different keys",
+                 "service restart between attempts", "lost response, then 2 retries"):
+        assert rows[name].passed, rows[name]
+        assert "your handler" not in rows[name].found, rows[name].found
+    bad = rows["same key, different amount"]
+    assert not bad.passed
+    assert "your handler raised: RuntimeError: amount changed" in bad.found
+    assert "Compare the stored fingerprint" not in bad.hint
+    assert "RuntimeError: amount changed" in bad.hint and "fails_on_the_other_amount" in bad.hint
+
+
+def test_handler_returning_none_in_flight_gets_a_hint_about_that_not_the_race(tmp_path: Path,
+                                                                              monkeypatch):
+    """Returning record.reply while the first request is in flight returns None: a 500
+    from the service (a TypeError). The hint must say so, not talk about the race."""
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "progress.json"))
+
+    def none_for_the_concurrent_row(ledger, key, request):
+        if len(request.order_id) == len("order-123") and request.order_id[6:].isdigit():
+            return None  # what `return record.reply` gives while the key is in flight
+        return idempotent_charge(ledger, key, request)
+
+    rows = _rows(api.check_exercise(none_for_the_concurrent_row))
+    row = rows["20 concurrent requests, one key"]
+    assert not row.passed and "20x 500" in row.found
+    assert "race" not in row.hint
+    assert row.hint.startswith("TypeError: your handler returned None")
+    assert "record.reply None" in row.hint and "409" in row.hint
+    assert "your handler failed (20 requests): TypeError" in row.found
+    assert all(c.passed and "your handler" not in c.found
+               for name, c in rows.items() if name != row.name), rows
