@@ -2,9 +2,10 @@
 # that is already done: a second `make test` with nothing changed starts in seconds.
 #
 #   make lab     open JupyterLab at notebooks/00_start_here.ipynb
-#   make test    run the whole test suite (unit, data and notebook tests)
-#   make bench   run every notebook with SOLUTION=True: seconds, peak MB, verdict
-#   make reset   forget exercise progress and caches (your notebook edits stay)
+#   make test       run the whole test suite (unit, data, notebook and browser tests)
+#   make bench      run every notebook with SOLUTION=True: seconds, peak MB, verdict
+#   make solutions  the answer-key handout: every notebook executed, as HTML
+#   make reset      forget exercise progress and caches (your notebook edits stay)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -65,8 +66,9 @@ lock:
 	  | grep -v '^pip==' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf build/lock-venv
 
-# Refresh the course map in README.md and 00_start_here after a notebook lands.
-course-map: $(DEPS)  # after `make bench`, the times use its measurements
+# Refresh the course map (README.md, 00_start_here) and every notebook's navigation
+# cells after a notebook lands; after `make bench`, the times use its measurements.
+course-map: $(DEPS)
 	$(PY) -m labsupport.start_here --write-course-map
 
 # Strip outputs from every notebook before committing.
