@@ -1311,7 +1311,7 @@ def update_depth_figure(fig: go.Figure, workers: int = 20, crash_rate: float = 0
         for trace, ys in zip(fig.data, (sim.visible, sim.in_flight, sim.done), strict=True):
             trace.x, trace.y = sim.t, ys
         fig.layout.title.text = (f"{n_jobs} jobs, {workers} workers, crash rate {crash_rate:.0%}, "
-                                 f"visibility timeout {visibility_timeout:g} s")
+                                 f"visibility timeout {visibility_timeout:.3g} s")
     return sim_summary(sim)
 
 
