@@ -201,7 +201,8 @@ _lock = threading.Lock()
 
 
 def get_model() -> SentenceTransformer:
-    """The one SentenceTransformer of this process (loading takes ~4 s, ~0.3 GB)."""
+    """The one SentenceTransformer of this process (loading takes ~4 s and, with torch,
+    adds ~0.5 GB to the process: load it once per kernel)."""
     global _model, _identity
     with _lock:
         if _model is None:
