@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(notebook: Path, workdir: Path, parameters: dict[str, Any], *, passes: int = 1,
-        env: dict[str, str] | None = None) -> RunRecord:
-    """Run ``notebook`` in a fresh runner process with its own temporary progress file."""
+        env: dict[str, str] | None = None, python: str = sys.executable) -> RunRecord:
+    """Run ``notebook`` in a fresh runner process with its own temporary progress file.
+
+    ``python`` is the interpreter of the runner, and so of the kernel it starts."""
     workdir.mkdir(parents=True, exist_ok=True)
     tag = "_".join(f"{k}-{v}" for k, v in parameters.items()) or "default"
     out = workdir / f"{notebook.stem}.{tag}.ipynb"
@@ -157,7 +159,7 @@ def run(notebook: Path, workdir: Path, parameters: dict[str, Any], *, passes: in
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": python_path,
                "PYDEVD_DISABLE_FILE_VALIDATION": "1", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, __file__, str(notebook), str(out), "--parameters",
+        [python, __file__, str(notebook), str(out), "--parameters",
          json.dumps(parameters), "--passes", str(passes), "--cwd", str(workdir)],
         capture_output=True, text=True, env=run_env, timeout=CELL_TIMEOUT * 4)
     if proc.returncode != 0 or not proc.stdout.strip():

@@ -89,11 +89,17 @@ def test_handouts_are_not_committed():
     assert ignored.returncode == 0
 
 
-def test_postbuild_steps_then_start_here_all_ok(tmp_path):
-    """Binder's setup, for real: run postBuild with the project's environment (in CI a fresh
-    venv from the lock) and an empty model cache, then Run All of 00_start_here."""
-    venv_bin = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
+def test_binder_setup_on_a_fresh_venv_from_the_lock(tmp_path):
+    """Binder's setup, for real: a fresh venv from requirements.lock, then postBuild's
+    steps with an empty model cache, then Run All of 00_start_here in that venv."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+         "-q", "-r", str(ROOT / "requirements.lock")],
+        capture_output=True, text=True, timeout=1500)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
            embeddings.ENV_CACHE: str(tmp_path / "cache")}
     proc = subprocess.run(["bash", str(ROOT / "postBuild")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -101,8 +107,10 @@ def test_postbuild_steps_then_start_here_all_ok(tmp_path):
     assert "embedding model: OK" in proc.stdout
     assert (tmp_path / "cache" / "models").is_dir()  # extracted into the empty cache
     record = run(ROOT / "notebooks" / "00_start_here.ipynb", tmp_path / "run", {},
-                 env={embeddings.ENV_CACHE: str(tmp_path / "cache")})
-    assert record.error is None
+                 env={embeddings.ENV_CACHE: str(tmp_path / "cache")},
+                 python=str(venv / "bin" / "python"))
+    assert record.error is None, record.error
     text = "\n".join(o.get("text", "") for c in nbformat.read(record.output, as_version=4).cells
                      for o in c.get("outputs", []))
     assert "All set." in text and "FAIL" not in text, text
+    assert str(venv) in text  # the kernel ran on the fresh venv's Python
