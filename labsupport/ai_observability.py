@@ -32,19 +32,19 @@ import asyncio
 import heapq
 import json
 import math
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from labsupport import exercises as ex
+from labsupport import servers
 
 EXERCISE_ID = "06_ai_observability"
 
@@ -630,59 +630,25 @@ def create_app(config: EngineConfig | None = None, *, speed: float = 1.0, lag_s:
     return app
 
 
-@dataclass
-class ServerHandle:
-    """A running server: ``.url``; ``.stop()`` shuts it down (idempotent)."""
-
-    url: str
-    speed: float
-    config: EngineConfig
-    _server: Any = field(repr=False)
-    _thread: threading.Thread = field(repr=False)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-
-
-_RUNNING: ServerHandle | None = None  # at most one server per process: re-running is safe
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVER_NAME = "llm-server"  # one simulated LLM server per kernel: re-running replaces it
 
 
 def start_server(config: EngineConfig | None = None, *, speed: float = 10.0,
-                 port: int = 0) -> ServerHandle:
-    """Serve the engine on 127.0.0.1 in a background thread (stops any previous one)."""
-    import uvicorn
+                 port: int = 0) -> servers.ServerHandle:
+    """Serve the engine on 127.0.0.1 in a background thread (stops any previous one).
 
-    global _RUNNING
-    stop_server()
+    Runs through labsupport/servers.py, shared with notebooks 01 and 03; lifespan "on"
+    because the app starts its engine loop in its lifespan handler."""
     config = config or EngineConfig()
-    port = port or _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(config, speed=speed), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="llm-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start on port {port}")
-        time.sleep(0.01)
-    _RUNNING = ServerHandle(f"http://127.0.0.1:{port}", speed, config, server, thread)
-    return _RUNNING
+    handle = servers.serve(create_app(config, speed=speed), SERVER_NAME, port=port,
+                           lifespan="on")
+    handle.config, handle.speed = config, speed  # what it simulates: to compare with simulate()
+    return handle
 
 
 def stop_server() -> None:
     """Stop the server this process started, if any."""
-    global _RUNNING
-    if _RUNNING is not None:
-        _RUNNING.stop()
-        _RUNNING = None
+    servers.stop(SERVER_NAME)
 
 
 # --- load generator and scraper -----------------------------------------------------

@@ -27,7 +27,6 @@ import hashlib
 import heapq
 import json
 import shutil
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -50,7 +49,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from labsupport import exercises as ex
-from labsupport import plots
+from labsupport import plots, servers
 
 EXERCISE_ID = "01_api_communication"
 
@@ -389,96 +388,13 @@ def naive_charge(ledger: Ledger, key: str | None, request: ChargeRequest) -> Rep
 # =====================================================================================
 # 3. Serving FastAPI apps on 127.0.0.1 from a notebook
 # =====================================================================================
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerHandle:
-    """A uvicorn server running in a background thread. ``.url``, ``.stop()``; a context manager."""
-
-    def __init__(self, app: FastAPI, name: str, port: int = 0,
-                 on_stop: Callable[[], None] | None = None) -> None:
-        self.name = name
-        self.app = app
-        self._on_stop = on_stop  # e.g. shut down the service's worker pool
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))  # port 0: the OS picks a free port, no race
-        self.port = int(sock.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off",
-                                timeout_graceful_shutdown=2)  # seconds, then cancel requests
-        self._server = uvicorn.Server(config)
-        self._sock = sock
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"uvicorn-{name}", daemon=True)
-
-    def start(self, timeout: float = 10.0) -> ServerHandle:
-        self._thread.start()
-        deadline = time.monotonic() + timeout  # seconds
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self._sock.close()
-                raise RuntimeError(f"server {self.name!r} did not start")
-            time.sleep(0.01)
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        """Ask uvicorn to exit and wait for it; safe to call twice."""
-        self._server.should_exit = True
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-        self._sock.close()
-        if self._on_stop is not None:
-            on_stop, self._on_stop = self._on_stop, None
-            on_stop()
-        if _RUNNING.get(self.name) is self:
-            del _RUNNING[self.name]
-
-    def __enter__(self) -> ServerHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<server {self.name} {self.url} {'running' if self.running else 'stopped'}>"
-
-
-_RUNNING: dict[str, ServerHandle] = {}  # name -> handle: a re-run cell replaces, never doubles
-
-
-def serve(app: FastAPI, name: str, port: int = 0,
-          on_stop: Callable[[], None] | None = None) -> ServerHandle:
-    """Serve ``app`` on 127.0.0.1 in the background; stops the previous server of that name.
-    ``on_stop`` runs once after the server has stopped."""
-    previous = _RUNNING.pop(name, None)
-    if previous is not None:
-        previous.stop()
-    handle = ServerHandle(app, name, port, on_stop).start()
-    _RUNNING[name] = handle
-    return handle
-
-
-def running_servers() -> list[ServerHandle]:
-    return [h for h in _RUNNING.values() if h.running]
-
-
-def stop_all() -> int:
-    """Stop every server this module started; returns how many were running."""
-    handles = list(_RUNNING.values())
-    for h in handles:
-        h.stop()
-    return len(handles)
+# labsupport/servers.py does it (notebooks 03 and 06 use it too): a uvicorn server in a
+# background thread on a free loopback port, registered by name so a re-run replaces it.
+# The notebook calls api.serve, api.running_servers and api.stop_all.
+ServerHandle = servers.ServerHandle
+serve = servers.serve
+running_servers = servers.running_servers
+stop_all = servers.stop_all
 
 
 # =====================================================================================
@@ -1095,15 +1011,9 @@ def _checks(answer: Any, seed: int = 1) -> list[ex.Check]:
             server.stop()
         results.append(_check_restart(answer, workdir / "restart.sqlite", rng))
     finally:
-        stop_all_named("exercise-check")
+        servers.stop("exercise-check")
         shutil.rmtree(workdir, ignore_errors=True)
     return results
-
-
-def stop_all_named(name: str) -> None:
-    handle = _RUNNING.get(name)
-    if handle is not None:
-        handle.stop()
 
 
 def check_exercise(answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labsupport import exercises as ex
+from labsupport import servers
 
 if TYPE_CHECKING:  # heavy imports stay lazy: a worker process starts in a fraction of a second
     import plotly.graph_objects as go
@@ -1003,45 +1004,10 @@ def _find_job(queue: Queue, job_id: str) -> str | None:
     return "processing" if row[0] > 0 and row[1] > queue.clock() else "queued"
 
 
-class ServerHandle:
-    """A uvicorn server running in a background thread; ``.url`` and ``.stop()``."""
-
-    def __init__(self, app: Any, name: str) -> None:
-        import socket
-
-        import uvicorn
-
-        self.name = name
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))  # a free port, loopback only
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                backlog=2048, timeout_keep_alive=5)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run,
-                                        kwargs={"sockets": [self._sock]}, daemon=True,
-                                        name=f"uvicorn-{name}")
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(5)
-        self._sock.close()
-        if _SERVERS.get(self.name) is self:
-            del _SERVERS[self.name]
-
-    def __repr__(self) -> str:
-        return f"ServerHandle({self.name!r}, url={self.url!r})"
-
-
-_SERVERS: dict[str, ServerHandle] = {}  # name -> running server; a re-run stops the old one
+# The front door runs through labsupport/servers.py (shared with notebooks 01 and 06):
+# uvicorn in a background thread on a free loopback port, registered by name.
+ServerHandle = servers.ServerHandle
+_SERVERS = servers.RUNNING  # name -> running server; a re-run stops the old one
 
 
 def serve(db_path: str | os.PathLike, *, queue: Queue | None = None,
@@ -1055,19 +1021,16 @@ def serve(db_path: str | os.PathLike, *, queue: Queue | None = None,
     store = store or ResultStore(db_path)
     app = create_app(queue, store, processing_time=processing_time, sync_limit=sync_limit,
                      sync_timeout=sync_timeout, sync_max_waiting=sync_max_waiting)
-    handle = ServerHandle(app, name)
-    _SERVERS[name] = handle
-    return handle
+    # a deep accept backlog and short keep-alive: 500 clients connect at once
+    return servers.serve(app, name, backlog=2048, timeout_keep_alive=5, access_log=False)
 
 
 def stop_server(name: str = "front-door") -> None:
-    if name in _SERVERS:
-        _SERVERS[name].stop()
+    servers.stop(name)
 
 
 def stop_all_servers() -> None:
-    for name in list(_SERVERS):
-        stop_server(name)
+    servers.stop_all()
 
 
 # --- load over HTTP -------------------------------------------------------------------
