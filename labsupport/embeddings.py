@@ -28,12 +28,14 @@ import shutil
 import sys
 import threading
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:  # importing torch takes seconds: only do it when a model is loaded
-    import numpy as np
     from sentence_transformers import SentenceTransformer
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -250,6 +252,75 @@ def embed(texts: list[str] | str, *, batch_size: int = 64) -> np.ndarray:
         texts = [texts]
     return get_model().encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                               normalize_embeddings=True, show_progress_bar=False)
+
+
+SEED_KEY_HEX = 32  # a committed seed stores the first 128 bits of each SHA-256 key
+
+
+@dataclass
+class EmbeddingCache:
+    """Vectors keyed by SHA-256 of (model, text): the same text is embedded once.
+
+    Used by 04_model_routing (the requests) and 05_rag_pipeline (chunks and questions).
+
+    ``embed_fn`` defaults to the course model; tests pass a fake. ``path`` (optional, .npz)
+    persists the cache between kernels. ``seed`` holds read-only vectors shipped with the
+    course (05's ``rag_pipeline.load_seed``), consulted before the model, never written.
+    """
+
+    embed_fn: Callable[[list[str]], np.ndarray] | None = None
+    model: str = MODEL_NAME
+    path: Path | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    seed: dict[str, np.ndarray] = field(default_factory=dict)
+    hits: int = 0  # texts answered from this cache or the seed
+    misses: int = 0  # texts the model had to embed
+
+    def key(self, text: str) -> str:
+        return hashlib.sha256(f"{self.model}\0{text}".encode()).hexdigest()
+
+    def _get(self, k: str) -> np.ndarray | None:
+        v = self.vectors.get(k)
+        return v if v is not None else self.seed.get(k[:SEED_KEY_HEX])
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Vectors for ``texts``, shape (n, d); only unseen texts reach the model, in batches."""
+        keys = [self.key(t) for t in texts]
+        todo = list(dict.fromkeys(k_t for k_t in zip(keys, texts, strict=True)
+                                  if self._get(k_t[0]) is None))
+        self.hits += len(texts) - len(todo)
+        self.misses += len(todo)
+        fn = self.embed_fn or (lambda batch: embed(batch, batch_size=batch_size))
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i: i + batch_size]
+            vecs = np.asarray(fn([t for _, t in batch]), dtype=np.float32)
+            for (k, _), v in zip(batch, vecs, strict=True):
+                self.vectors[k] = v
+        if todo and self.path is not None:
+            self.save()
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([self._get(k) for k in keys])
+
+    def save(self) -> None:
+        """Write the cache atomically; a read-only cache folder only costs time later."""
+        assert self.path is not None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, keys=np.array(list(self.vectors)),
+                     vectors=np.stack(list(self.vectors.values())))
+            os.replace(tmp, self.path)  # atomic: a second kernel never reads half a file
+        except OSError:
+            pass
+
+    @classmethod
+    def load(cls, path: Path, **kwargs: Any) -> EmbeddingCache:
+        cache = cls(path=path, **kwargs)
+        if path.is_file():
+            with np.load(path) as data:
+                cache.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+        return cache
 
 
 def count_word_pieces(text: str) -> int:

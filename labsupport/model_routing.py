@@ -328,41 +328,27 @@ def threshold_routes(scores: np.ndarray, alpha: float) -> np.ndarray:
 
 # --- embeddings, cached for the kernel ---------------------------------------------
 
-_EMBEDDING_CACHE: dict[str, np.ndarray] = {}
-_DISK_CACHE_LOADED = False
+_CACHES: dict[bool, Any] = {}  # use_disk_cache -> the kernel's EmbeddingCache
 
 
 def embedding_cache_path() -> Path:
-    """Where request embeddings persist between kernels, one file per embedding model."""
+    """Where request embeddings persist between kernels (the course cache folder)."""
     from labsupport import embeddings  # cheap: torch is imported only when a model loads
 
-    spec = os.environ.get(embeddings.ENV_MODEL) or (
-        f"{embeddings.MODEL_NAME}@{embeddings.MODEL_REVISION}")
-    digest = hashlib.sha1(spec.encode()).hexdigest()[:12]  # vectors of two models never mix
-    return embeddings.cache_root() / "routing" / f"embeddings-{digest}.npz"
+    return embeddings.cache_root() / "routing" / "embeddings.npz"
 
 
-def _load_disk_cache() -> None:
-    global _DISK_CACHE_LOADED
-    _DISK_CACHE_LOADED = True
-    try:
-        with np.load(embedding_cache_path(), allow_pickle=False) as stored:
-            for text, vector in zip(stored["texts"], stored["vectors"], strict=True):
-                _EMBEDDING_CACHE.setdefault(str(text), vector)
-    except (OSError, ValueError, KeyError):
-        pass  # no cache yet, or an unreadable one: embed again
+def _cache(use_disk_cache: bool) -> Any:
+    """The kernel's cache of request vectors (labsupport.embeddings.EmbeddingCache)."""
+    from labsupport import embeddings
 
-
-def _save_disk_cache() -> None:
-    path = embedding_cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        texts = list(_EMBEDDING_CACHE)
-        np.savez(tmp, texts=np.array(texts), vectors=np.stack([_EMBEDDING_CACHE[t] for t in texts]))
-        os.replace(tmp, path)  # atomic: a second kernel never reads half a file
-    except OSError:
-        pass  # a read-only cache folder only costs time
+    if use_disk_cache not in _CACHES:
+        # keys name the model, so vectors of two models never mix
+        model = os.environ.get(embeddings.ENV_MODEL) or embeddings.MODEL_NAME
+        _CACHES[use_disk_cache] = (
+            embeddings.EmbeddingCache.load(embedding_cache_path(), model=model)
+            if use_disk_cache else embeddings.EmbeddingCache(model=model))
+    return _CACHES[use_disk_cache]
 
 
 def embed_requests(requests: Sequence[Request] | Sequence[str], *,
@@ -373,20 +359,10 @@ def embed_requests(requests: Sequence[Request] | Sequence[str], *,
     them from there) and in a file under the course cache (a fresh kernel skips the ~10 s
     of embedding the data set; the model is then loaded only if a new text comes).
     """
-    if use_disk_cache and not _DISK_CACHE_LOADED:
-        _load_disk_cache()
     texts = [r if isinstance(r, str) else r.text for r in requests]
-    missing = list(dict.fromkeys(t for t in texts if t not in _EMBEDDING_CACHE))
-    if missing:
-        from labsupport import embeddings  # loads the model on first use (~4 s)
-
-        for text, vector in zip(missing, embeddings.embed(missing), strict=True):
-            _EMBEDDING_CACHE[text] = vector
-        if use_disk_cache:
-            _save_disk_cache()
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    return np.stack([_EMBEDDING_CACHE[t] for t in texts])
+    return _cache(use_disk_cache).embed(texts)  # loads the model only for unseen texts
 
 
 # --- logistic regression, small enough to read -------------------------------------

@@ -386,71 +386,16 @@ def readable_gold_fraction(chunks: Sequence[Chunk], questions: Sequence[Question
 # --- embedding with a cache ---------------------------------------------------------
 
 
-@dataclass
-class EmbeddingCache:
-    """Vectors keyed by SHA-256 of (model, text): the same text is embedded once.
-
-    ``embed_fn`` defaults to the course model; tests pass a fake. ``path`` (optional, .npz)
-    persists the cache between kernels. ``seed`` holds read-only vectors shipped with the
-    course (see :func:`load_seed`), consulted before the model and never written back.
-    """
-
-    embed_fn: Callable[[list[str]], np.ndarray] | None = None
-    model: str = embeddings.MODEL_NAME
-    path: Path | None = None
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    seed: dict[str, np.ndarray] = field(default_factory=dict)
-    hits: int = 0  # texts answered from this cache or the seed
-    misses: int = 0  # texts the model had to embed
-
-    def key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.model}\0{text}".encode()).hexdigest()
-
-    def _get(self, k: str) -> np.ndarray | None:
-        v = self.vectors.get(k)
-        return v if v is not None else self.seed.get(k[:SEED_KEY_HEX])
-
-    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Vectors for ``texts``, shape (n, d); only unseen texts reach the model, in batches."""
-        keys = [self.key(t) for t in texts]
-        todo = list(dict.fromkeys(k_t for k_t in zip(keys, texts, strict=True)
-                                  if self._get(k_t[0]) is None))
-        self.hits += len(texts) - len(todo)
-        self.misses += len(todo)
-        fn = self.embed_fn or (lambda batch: embeddings.embed(batch, batch_size=batch_size))
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i: i + batch_size]
-            vecs = np.asarray(fn([t for _, t in batch]), dtype=np.float32)
-            for (k, _), v in zip(batch, vecs, strict=True):
-                self.vectors[k] = v
-        if todo and self.path is not None:
-            self.save()
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self._get(k) for k in keys])
-
-    def save(self) -> None:
-        assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
-        np.savez(tmp, keys=np.array(list(self.vectors)),
-                 vectors=np.stack(list(self.vectors.values())))
-        os.replace(tmp, self.path)
-
-    @classmethod
-    def load(cls, path: Path, **kwargs: Any) -> EmbeddingCache:
-        cache = cls(path=path, **kwargs)
-        if path.is_file():
-            with np.load(path) as data:
-                cache.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
-        return cache
+# The cache lives in labsupport/embeddings.py (04_model_routing uses it too): vectors keyed
+# by SHA-256 of (model, text), so a re-run never embeds the same chunk twice.
+EmbeddingCache = embeddings.EmbeddingCache
 
 
 # The seed: vectors of every text the notebook and the checker embed (the chunks of the
 # chunkings they use, and the questions), committed so that a fresh clone embeds almost
 # nothing. float16 halves the size; cosine to the float32 vector stays above 0.9999.
 SEED_PATH = DATA_DIR / "embeddings_seed.npz"
-SEED_KEY_HEX = 32  # the seed stores the first 128 bits of each SHA-256 key
+SEED_KEY_HEX = embeddings.SEED_KEY_HEX  # the seed stores the first 128 bits of each key
 
 
 def load_seed(path: Path = SEED_PATH) -> dict[str, np.ndarray]:
