@@ -1,16 +1,24 @@
-"""Exercise checking and progress: the contract every notebook's scenario exercise uses.
+"""Exercise checking and progress: the contract every notebook's exercises use.
 
-A pattern module writes its checks as a function of the learner's answer that returns
-a list of :class:`Check` (what was expected, what was found). :func:`run_checks` runs
-it, turns anything the learner's code raises into feedback, records progress when all
-checks pass, and returns a :class:`CheckResult`, which renders as an HTML box whose
-display metadata carries ``{"labsupport": {"exercise": ID, "passed": bool}}``.
+Every notebook has three kinds of exercise, each with its own id:
+
+- the **steps** that build the pattern, ``02_load_balancing/step-1``, ``…/step-2``, …;
+- the **scenario** at the end, ``02_load_balancing`` (the notebook's own name);
+- the **review quiz**, ``02_load_balancing/quiz`` (see :mod:`labsupport.quiz`).
+
+A checks module writes each check as a function of the learner's answer that returns
+(or yields) :class:`Check` rows: what was expected, what was found. :func:`judge` runs
+one row on its own, so a hidden case that raises fails that row only and names the
+input and how to reproduce it. :func:`run_checks` runs a checker, turns anything the
+learner's code raises into feedback, records progress and returns a
+:class:`CheckResult`, which renders as an HTML box whose display metadata carries
+``{"labsupport": {"exercise": ID, "passed": bool}}``.
 
 With ``solution_mode=True`` (the notebook's ``SOLUTION = True``), a failing check shows
 its box and then raises :class:`ExerciseFailed`, so papermill fails the run.
 
-Progress lives in a small JSON file: ``$LABSUPPORT_PROGRESS`` if set, else
-``~/.labsupport/progress.json``. ``00_start_here`` shows it.
+Progress lives in a small JSON file, one entry per exercise id: ``$LABSUPPORT_PROGRESS``
+if set, else ``~/.labsupport/progress.json``. ``00_start_here`` shows it per notebook.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import json
 import os
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,10 +47,18 @@ class Exercise:
     module: str  # the labsupport module that backs it ("" for the start notebook)
     know_first: str  # the "what you need to know first" line
     solve_minutes: int  # time to solve the exercise; reading and Run All are measured
+    steps: int = 0  # "Your turn" step exercises in the notebook (ids …/step-1 to …/step-N)
 
     @property
     def notebook(self) -> str:
         return f"{self.id}.ipynb"
+
+    def step_id(self, n: int) -> str:
+        return step_id(self.id, n)
+
+    @property
+    def quiz_id(self) -> str:
+        return quiz_id(self.id)
 
 
 START = Exercise("00_start_here", "Start here", "setup check, course map, your progress",
@@ -81,7 +97,30 @@ COURSE: tuple[Exercise, ...] = (
              "vector_database_design",
              "Embeddings and top-k retrieval (05 RAG pipeline).", 15),
 )
-EXERCISE_IDS = frozenset(e.id for e in COURSE)
+EXERCISE_IDS = frozenset(e.id for e in COURSE)  # the notebooks' ids = their scenarios' ids
+STEP_PREFIX, QUIZ = "step-", "quiz"
+
+
+def step_id(notebook_id: str, n: int) -> str:
+    """The id of step ``n`` (from 1) of a notebook: ``02_load_balancing/step-1``."""
+    if type(n) is not int or n < 1:
+        raise ValueError(f"a step number is an int from 1; got {n!r}")
+    return f"{notebook_id}/{STEP_PREFIX}{n}"
+
+
+def quiz_id(notebook_id: str) -> str:
+    """The id of a notebook's review quiz: ``02_load_balancing/quiz``."""
+    return f"{notebook_id}/{QUIZ}"
+
+
+def split_id(exercise_id: str) -> tuple[str, str]:
+    """``(notebook id, part)``; part is ``"scenario"``, ``"step-N"`` or ``"quiz"``.
+
+    >>> split_id("02_load_balancing/step-2")
+    ('02_load_balancing', 'step-2')
+    """
+    notebook_id, _, part = exercise_id.partition("/")
+    return notebook_id, part or "scenario"
 
 
 # --- results ------------------------------------------------------------------------
@@ -114,8 +153,16 @@ class CheckResult:
         return "Passed" if self.passed else "Not yet"
 
     @property
+    def score(self) -> int:
+        """Rows passed: a quiz's score (one row per question)."""
+        return sum(c.passed for c in self.checks)
+
+    @property
     def metadata(self) -> dict[str, Any]:
-        return {"labsupport": {"exercise": self.exercise, "passed": self.passed}}
+        meta: dict[str, Any] = {"exercise": self.exercise, "passed": self.passed}
+        if split_id(self.exercise)[1] == QUIZ:
+            meta |= {"score": self.score, "out_of": len(self.checks)}
+        return {"labsupport": meta}
 
     def summary(self) -> str:
         """Plain-text form: the verdict and one line per check."""
@@ -180,7 +227,27 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def run_checks(exercise: str, checks: Callable[[Any], list[Check]], answer: Any, *,
+def judge(name: str, run: Callable[[], Check], *, case: str, reproduce: str = "") -> Check:
+    """Judge one check row on its own: if ``run`` raises, this row alone fails.
+
+    ``case`` names the input the row ran on ("unseen incident B, seed 12"); ``reproduce``
+    is code the learner can paste into a cell to see the same failure. A failed row that
+    ``run`` returned gets both added to its hint, so every failure says where to look.
+    """
+    where = f"Input: {case}." + (f" Reproduce: {reproduce}" if reproduce else "")
+    try:
+        check = run()
+    except Exception as exc:  # noqa: BLE001 - the learner's error is this row's feedback
+        return Check(name, False, "no exception", describe_exception(exc), hint=where)
+    if not isinstance(check, Check):  # a checker bug, not the learner's: say so plainly
+        return Check(name, False, "a verdict", f"the checker returned {check!r:.60}", where)
+    if check.passed:
+        return check
+    return Check(check.name, False, check.expected, check.found,
+                 hint=f"{check.hint} {where}".strip())
+
+
+def run_checks(exercise: str, checks: Callable[[Any], Iterable[Check]], answer: Any, *,
                solution_mode: bool = False) -> CheckResult:
     """Run ``checks(answer)`` and return the verdict; never raises on a wrong answer.
 
@@ -188,15 +255,23 @@ def run_checks(exercise: str, checks: Callable[[Any], list[Check]], answer: Any,
     becomes one failed check that names the exception. In solution mode a failed
     verdict is displayed and then raised, so that an automated run fails loudly.
     """
+    found: list[Check] = []
     try:
-        found = list(checks(answer))
+        for check in checks(answer):  # a generator keeps the rows it yielded before a raise
+            found.append(check)
     except Exception as exc:  # noqa: BLE001 - every learner error must become feedback
-        found = [Check("your code runs", False, "no exception", describe_exception(exc),
-                       hint="Run your starter cell on its own and read the error above.")]
+        found.append(Check("your code runs", False, "no exception", describe_exception(exc),
+                           hint="Run your starter cell on its own and read the error above."))
     if not found:  # a checker that checked nothing must not pass
         found = [Check("checks ran", False, "at least one check", "none")]
-    result = CheckResult(exercise, found)
-    record_attempt(exercise, result.passed)
+    return finish(CheckResult(exercise, found), solution_mode=solution_mode)
+
+
+def finish(result: CheckResult, *, solution_mode: bool = False) -> CheckResult:
+    """Record ``result`` in the progress file; in solution mode, show and raise a failure."""
+    quiz = split_id(result.exercise)[1] == QUIZ
+    record_attempt(result.exercise, result.passed,
+                   score=result.score if quiz else None, out_of=len(result.checks) if quiz else None)
     if solution_mode and not result.passed:
         _display(result)
         raise ExerciseFailed(result.summary())
@@ -262,8 +337,11 @@ def load_progress(path: Path | None = None) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
-def record_attempt(exercise: str, passed: bool, path: Path | None = None) -> None:
-    """Count an attempt; remember the first time it passed. Written atomically."""
+def record_attempt(exercise: str, passed: bool, path: Path | None = None, *,
+                   score: int | None = None, out_of: int | None = None) -> None:
+    """Count an attempt; remember the first time it passed and a quiz's best score.
+
+    Written atomically: a crash never leaves half a file."""
     path = path or progress_path()
     progress = load_progress(path)
     entry = progress.setdefault(exercise, {"passed": False, "attempts": 0, "passed_at": None})
@@ -271,12 +349,15 @@ def record_attempt(exercise: str, passed: bool, path: Path | None = None) -> Non
     if passed and not entry.get("passed"):
         entry["passed"] = True
         entry["passed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if score is not None:
+        entry["best_score"] = max(score, int(entry.get("best_score", 0)))
+        entry["out_of"] = out_of
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".progress-", suffix=".json")
         with os.fdopen(fd, "w") as handle:
             json.dump(progress, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)  # atomic: a crash never leaves half a file
+        os.replace(tmp, path)
     except OSError:
         pass  # a read-only home must not break the exercise; progress is a nicety
 
@@ -287,13 +368,28 @@ def reset_progress(path: Path | None = None) -> None:
 
 
 def progress_rows(path: Path | None = None) -> list[dict[str, Any]]:
-    """One row per course exercise, in course order, for the progress table."""
+    """One row per notebook, in course order: its steps, its scenario and its quiz.
+
+    ``steps_passed`` of ``steps`` (the notebook's declared steps, or more if the progress
+    file knows more), the scenario's ``passed``, ``attempts`` and ``passed_at``, and the
+    quiz's best ``quiz_score`` of ``quiz_out_of`` (None before the first attempt).
+    """
     progress = load_progress(path)
     rows = []
     for ex in COURSE:
-        entry = progress.get(ex.id, {})
+        scenario = progress.get(ex.id, {})
+        steps_seen = [split_id(k)[1] for k in progress if split_id(k)[0] == ex.id]
+        numbers = [int(p[len(STEP_PREFIX):]) for p in steps_seen
+                   if p.startswith(STEP_PREFIX) and p[len(STEP_PREFIX):].isdigit()]
+        steps = max([ex.steps, *numbers])
+        quiz = progress.get(ex.quiz_id, {})
         rows.append({"notebook": ex.notebook, "title": ex.title,
-                     "passed": bool(entry.get("passed")),
-                     "attempts": int(entry.get("attempts", 0)),
-                     "passed_at": entry.get("passed_at") or ""})
+                     "steps": steps,
+                     "steps_passed": sum(bool(progress.get(ex.step_id(n), {}).get("passed"))
+                                         for n in range(1, steps + 1)),
+                     "passed": bool(scenario.get("passed")),
+                     "attempts": int(scenario.get("attempts", 0)),
+                     "passed_at": scenario.get("passed_at") or "",
+                     "quiz_score": quiz.get("best_score"),
+                     "quiz_out_of": quiz.get("out_of")})
     return rows

@@ -228,18 +228,30 @@ def nav_markdown(ex: exercises.Exercise) -> str:
 
 
 def progress_html() -> str:
-    """The learner's progress across the seven exercises, from the progress file."""
+    """The learner's progress per notebook: steps built, scenario solved, quiz score."""
     rows = exercises.progress_rows()
     done = sum(r["passed"] for r in rows)
+
+    def steps(r: dict) -> str:
+        return f"{r['steps_passed']} of {r['steps']}" if r["steps"] else "—"
+
+    def scenario(r: dict) -> str:
+        return "&#10004; passed" if r["passed"] else ("not yet" if r["attempts"] else "—")
+
+    def quiz(r: dict) -> str:
+        return "—" if r["quiz_score"] is None else f"{r['quiz_score']} / {r['quiz_out_of']}"
+
     body = "".join(
         f"<tr><td><a href='{html.escape(r['notebook'])}'>{html.escape(r['notebook'])}</a></td>"
-        f"<td>{'&#10004; passed' if r['passed'] else ('not yet' if r['attempts'] else '—')}</td>"
-        f"<td style='text-align:right'>{r['attempts']}</td><td>{html.escape(r['passed_at'])}</td></tr>"
+        f"<td>{steps(r)}</td><td>{scenario(r)}</td>"
+        f"<td style='text-align:right'>{r['attempts']}</td><td>{quiz(r)}</td>"
+        f"<td>{html.escape(r['passed_at'])}</td></tr>"
         for r in rows)
-    return (f"<p><b>{done} of {len(rows)}</b> exercises passed "
+    return (f"<p><b>{done} of {len(rows)}</b> scenario exercises passed "
             f"(progress file: <code>{html.escape(str(exercises.progress_path()))}</code>)</p>"
-            "<table><tr><th>notebook</th><th>exercise</th><th>attempts</th><th>passed at (UTC)</th>"
-            "</tr>" + body + "</table>")
+            "<table><tr><th>notebook</th><th>steps built</th><th>scenario</th>"
+            "<th>attempts</th><th>quiz (best)</th><th>scenario passed at (UTC)</th></tr>"
+            + body + "</table>")
 
 
 MAP_START, MAP_END = "<!-- course-map:start -->", "<!-- course-map:end -->"

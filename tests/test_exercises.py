@@ -75,6 +75,10 @@ def test_display_bundle_carries_the_verdict_metadata():
     result = ex.run_checks("03_message_queues", _doubling_checks, None)
     data, metadata = result._repr_mimebundle_()
     assert metadata == {"labsupport": {"exercise": "03_message_queues", "passed": False}}
+    quiz = ex.CheckResult("03_message_queues/quiz", [ex.Check("q1", True, "", ""),
+                                                     ex.Check("q2", False, "", "")])
+    assert quiz.metadata == {"labsupport": {"exercise": "03_message_queues/quiz",
+                                            "passed": False, "score": 1, "out_of": 2}}
     assert "Not yet" in data["text/html"] and "Not yet" in data["text/plain"]
 
 
@@ -115,3 +119,74 @@ def test_unwritable_progress_location_does_not_break_checking(monkeypatch, tmp_p
     blocker.write_text("")
     monkeypatch.setenv(ex.ENV_PROGRESS, str(blocker / "progress.json"))
     assert ex.run_checks("02_load_balancing", _doubling_checks, lambda x: 2 * x).passed
+
+
+# --- v2: ids per step, scenario and quiz; rows judged on their own -------------------
+
+
+def test_ids_for_steps_scenario_and_quiz():
+    lb = next(e for e in ex.COURSE if e.id == "02_load_balancing")
+    assert lb.step_id(1) == ex.step_id(lb.id, 1) == "02_load_balancing/step-1"
+    assert lb.quiz_id == "02_load_balancing/quiz"
+    assert ex.split_id("02_load_balancing/step-3") == ("02_load_balancing", "step-3")
+    assert ex.split_id("02_load_balancing") == ("02_load_balancing", "scenario")
+    for bad in (0, -1, 1.0, True):
+        with pytest.raises(ValueError):
+            ex.step_id(lb.id, bad)
+
+
+def test_progress_per_id_shows_steps_scenario_and_best_quiz_score(progress_file):
+    ex.record_attempt("02_load_balancing/step-1", True)
+    ex.record_attempt("02_load_balancing/step-2", False)
+    ex.record_attempt("02_load_balancing/step-3", True)
+    ex.record_attempt("02_load_balancing/quiz", False, score=4, out_of=5)
+    ex.record_attempt("02_load_balancing/quiz", False, score=2, out_of=5)  # best is kept
+    ex.record_attempt("02_load_balancing", False)
+    row = next(r for r in ex.progress_rows() if r["notebook"] == "02_load_balancing.ipynb")
+    assert (row["steps"], row["steps_passed"]) == (3, 2)
+    assert (row["passed"], row["attempts"]) == (False, 1)
+    assert (row["quiz_score"], row["quiz_out_of"]) == (4, 5)
+    other = next(r for r in ex.progress_rows() if r["notebook"] == "03_message_queues.ipynb")
+    assert (other["steps_passed"], other["quiz_score"], other["attempts"]) == (0, None, 0)
+
+
+def test_start_here_shows_steps_scenario_and_quiz(progress_file):
+    from labsupport import start_here
+
+    ex.record_attempt("04_model_routing/step-1", True)
+    ex.record_attempt("04_model_routing/quiz", True, score=5, out_of=5)
+    page = start_here.progress_html()
+    assert "1 of 1" in page and "5 / 5" in page and "quiz (best)" in page
+
+
+def _hidden_cases(answer):
+    """Three hidden cases; the learner's code raises on the second only."""
+    for n in (1, 2, 3):
+        yield ex.judge(f"case {n}", lambda n=n: ex.Check(f"case {n}", answer(n) == 2 * n,
+                                                         str(2 * n), str(answer(n))),
+                       case=f"n = {n}", reproduce=f"my_double({n})")
+
+
+def test_a_hidden_case_that_raises_fails_that_row_only():
+    result = ex.run_checks("02_load_balancing/step-1", _hidden_cases,
+                           lambda n: 1 / 0 if n == 2 else 2 * n)
+    assert [c.passed for c in result.checks] == [True, False, True]
+    bad = result.checks[1]
+    assert bad.name == "case 2" and "ZeroDivisionError" in bad.found
+    assert "Input: n = 2." in bad.hint and "Reproduce: my_double(2)" in bad.hint
+
+
+def test_a_wrong_row_names_its_input_and_how_to_reproduce_it():
+    result = ex.run_checks("02_load_balancing/step-1", _hidden_cases, lambda n: 2 * n + (n == 3))
+    assert [c.passed for c in result.checks] == [True, True, False]
+    assert result.checks[2].hint == "Input: n = 3. Reproduce: my_double(3)"
+
+
+def test_rows_yielded_before_a_checker_raises_are_kept():
+    def checker(answer):
+        yield ex.Check("first", True, "", "")
+        raise RuntimeError(answer)
+
+    result = ex.run_checks("x", checker, "boom")
+    assert [(c.name, c.passed) for c in result.checks] == [("first", True),
+                                                           ("your code runs", False)]
