@@ -19,8 +19,18 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# PyTorch's own index of CPU-only wheels. torch comes from there first, so that the lock's
+# torch==2.13.0 is met by the CPU build (about 200 MB) and not by PyPI's Linux build, which
+# pulls several GB of CUDA libraries this course never uses. Where the index cannot be
+# reached (an offline mirror with the CPU wheel on disk), pip fails over at once
+# (--retries 0) to its other sources. Set TORCH_INDEX= (empty) to skip the index.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN   := $(shell grep -m1 '^torch==' requirements.lock)
+
 # Reinstall only when the lock or the package metadata changed.
 $(DEPS): requirements.lock pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check --retries 0 --no-deps \
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) '$(TORCH_PIN)'
 	$(PY) -m pip install --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@

@@ -1,9 +1,8 @@
 """`make bench` and `make solutions`: run every notebook with SOLUTION=True.
 
 `make bench` prints a table (notebook, wall seconds, peak kernel MB, verdict) against the
-budgets and writes it to build/bench.json. Pattern modules that define
-``benchmark() -> dict`` (for example the load-balancing simulator against SimPy) add
-their own figures.
+budgets and writes it to build/bench.json. Then each ``labsupport/bench/<pattern>.py``
+runs its ``benchmark() -> dict`` (for example the load-balancing simulator against SimPy).
 
 `make solutions` (``--export-html build/solutions``) also exports each executed notebook
 to HTML: the answer-key handout for instructors. Handouts are build output, never committed.
@@ -81,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     extras = {}
     for ex in [] if (args.export_html or only) else exercises.COURSE:
         try:
-            module = importlib.import_module(f"labsupport.{ex.module}")
+            module = importlib.import_module(f"labsupport.bench.{ex.module}")
         except ModuleNotFoundError:
-            continue  # notebook not written yet
+            continue  # this pattern has no benchmark
         if hasattr(module, "benchmark"):
             started = time.perf_counter()
             extras[ex.module] = module.benchmark()
-            print(f"\n{ex.module}.benchmark() ({time.perf_counter() - started:.1f} s):")
+            print(f"\nlabsupport.bench.{ex.module}.benchmark() "
+                  f"({time.perf_counter() - started:.1f} s):")
             for key, value in extras[ex.module].items():
                 print(f"  {key}: {value}")
 

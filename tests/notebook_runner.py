@@ -39,20 +39,27 @@ class RunRecord:
     passes: int
     wall_seconds: float  # first pass only: what a learner's Run All costs
     peak_mb: float  # peak resident memory of the kernel over all passes
-    verdict: bool | None  # the exercise's "passed", None if the notebook has no check
+    verdict: bool | None  # every exercise passed? None if the notebook has no check
+    verdicts: dict[str, bool]  # exercise id (steps, scenario, quiz) -> passed
     error: str | None  # the first error, with its cell, if the run failed
     output: str  # the executed notebook
 
 
-def read_verdict(nb: Any) -> bool | None:
-    """The last ``{"labsupport": {"passed": …}}`` found in the outputs' metadata."""
-    verdict = None
+def read_verdicts(nb: Any) -> dict[str, bool]:
+    """Exercise id -> "passed", from the last ``{"labsupport": …}`` box of each id."""
+    verdicts: dict[str, bool] = {}
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             meta = output.get("metadata", {}).get("labsupport")
-            if isinstance(meta, dict) and "passed" in meta:
-                verdict = bool(meta["passed"])
-    return verdict
+            if isinstance(meta, dict) and "passed" in meta and "exercise" in meta:
+                verdicts[str(meta["exercise"])] = bool(meta["passed"])
+    return verdicts
+
+
+def read_verdict(nb: Any) -> bool | None:
+    """True if every exercise box passed, False if any did not, None if there is none."""
+    verdicts = read_verdicts(nb)
+    return all(verdicts.values()) if verdicts else None
 
 
 class _RssSampler(threading.Thread):
@@ -139,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     rusage_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     peak_mb = max(rusage_kb * 1024, sampler.peak_bytes) / 1e6
     record = RunRecord(args.notebook.name, parameters, args.passes, round(wall, 2),
-                       round(peak_mb, 1), read_verdict(nb), error, str(args.output))
+                       round(peak_mb, 1), read_verdict(nb), read_verdicts(nb), error,
+                       str(args.output))
     print(json.dumps(asdict(record)))
     return 0
 
@@ -163,7 +171,7 @@ def run(notebook: Path, workdir: Path, parameters: dict[str, Any], *, passes: in
          json.dumps(parameters), "--passes", str(passes), "--cwd", str(workdir)],
         capture_output=True, text=True, env=run_env, timeout=CELL_TIMEOUT * 4)
     if proc.returncode != 0 or not proc.stdout.strip():
-        return RunRecord(notebook.name, parameters, passes, 0.0, 0.0, None,
+        return RunRecord(notebook.name, parameters, passes, 0.0, 0.0, None, {},
                          f"runner failed (exit {proc.returncode}): {proc.stderr[-2000:]}", str(out))
     return RunRecord(**json.loads(proc.stdout.strip().splitlines()[-1]))
 

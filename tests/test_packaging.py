@@ -81,3 +81,19 @@ def test_postbuild_fails_fast_and_prepares_the_model():
 
 def test_ci_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_make_installs_torch_from_the_cpu_index_before_the_lock():
+    """On an ordinary Linux machine PyPI's torch is the CUDA build (several GB): `make`
+    takes the lock's torch pin from PyTorch's CPU-only index first, with no dependencies,
+    and fails over at once where that index cannot be reached."""
+    import subprocess
+
+    plan = subprocess.run(["make", "-n", "-B", ".venv/.deps-installed"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+    lines = [line for line in plan.replace("\\\n", " ").splitlines() if "pip install" in line]
+    torch_line, lock_line = lines[0], lines[1]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in torch_line
+    assert "--no-deps" in torch_line and "--retries 0" in torch_line
+    assert f"'torch=={_lock()['torch']}'" in torch_line
+    assert "-r requirements.lock" in lock_line

@@ -39,3 +39,15 @@ class Exercise:
     check: Callable[[Any], ex.CheckResult]  # the notebook's check (solution_mode=False)
     answer_key: Callable[[], Any]  # returns the answer key's answer
     gallery: list[WrongAnswer] = field(default_factory=list)
+
+
+def all_exercises() -> list[Exercise]:
+    """Every exercise of every gallery module in this folder, in file order."""
+    import importlib
+    import pkgutil
+
+    found: list[Exercise] = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.extend(module.EXERCISES)
+    return found
