@@ -25,7 +25,9 @@ def test_busy_processes_really_take_the_cpu():
         psutil.cpu_percent(interval=1.0)  # one second of wall time
         spent = [psutil.Process(p.pid).cpu_times().user - s
                  for p, s in zip(procs, start, strict=True)]
-    assert all(s > 0.3 for s in spent), spent  # each spun for most of that second
+    # Each spun (on an idle 2-core machine, about 1 s each; on a machine already busy, its
+    # share): a sleeping or dead process would show no CPU time at all.
+    assert all(s > 0.05 for s in spent), spent
     assert all(p.poll() is not None for p in procs)  # and they are gone after the block
 
 
