@@ -90,3 +90,9 @@ def test_the_widget_judges_each_question_and_records_the_score_when_all_are_answ
     button2.click()
     assert ex.load_progress()["06_ai_observability/quiz"]["passed"] is True
     assert isinstance(radio, widgets.RadioButtons) and radio.options[1] == ("TTFT p99", 1)
+
+
+def test_a_wrong_option_fails_and_shows_the_right_one():
+    result = QUIZ.answer({"q1": 0, "q2": 99.01})
+    assert [c.passed for c in result.checks] == [False, True] and result.score == 1
+    assert result.checks[0].found.startswith("CPU. Not quite: TTFT p99.")
