@@ -1,4 +1,4 @@
-"""Tests for labsupport.api_communication (notebook 01).
+"""Tests for notebook 01's modules: labsupport.api_communication and its layers.
 
 The backoff formulas are checked against the AWS blog's definitions and against sample
 statistics; the contention simulation against a closed form (no jitter, no spread: one
@@ -18,6 +18,10 @@ import numpy as np
 import pytest
 
 from labsupport import api_communication as api
+from labsupport import exercises as ex
+from labsupport.checks import api_communication as checks
+from labsupport.explore import api_communication as explore
+from labsupport.services import api_communication as services
 from labsupport.solutions.api_communication import idempotent_charge
 
 # --- backoff formulas -------------------------------------------------------------------
@@ -80,8 +84,8 @@ def test_full_jitter_beats_no_jitter_on_time_and_calls(clients):
 
 
 def test_contention_view_fills_figure_and_summarises():
-    fig = api.contention_figure()
-    text = api.contention_view(fig, clients=30, strategy="equal", seed=1)
+    fig = explore.contention_figure()
+    text = explore.contention_view(fig, clients=30, strategy="equal", seed=1)
     assert "30 clients" in text and "equal jitter" in text
     assert len(fig.data[0].y) == 30 and len(fig.data[1].x) == 30
     assert fig.data[0].name == "equal jitter"
@@ -137,10 +141,10 @@ def test_fingerprint_depends_on_payload_only():
 
 
 def test_parse_idempotency_key():
-    assert api.parse_idempotency_key('"abc"') == "abc"  # structured-field string
-    assert api.parse_idempotency_key("abc") == "abc"
-    assert api.parse_idempotency_key(None) is None
-    assert api.parse_idempotency_key('""') is None
+    assert services.parse_idempotency_key('"abc"') == "abc"  # structured-field string
+    assert services.parse_idempotency_key("abc") == "abc"
+    assert services.parse_idempotency_key(None) is None
+    assert services.parse_idempotency_key('""') is None
 
 
 # --- the payment service over HTTP ------------------------------------------------------------
@@ -149,7 +153,7 @@ def test_parse_idempotency_key():
 @pytest.fixture
 def payments(tmp_path: Path):
     ledger = api.Ledger(tmp_path / "ledger.sqlite", processor_delay=0.02)
-    service, server = api.start_payment_service(ledger, idempotent_charge, name="test-payments")
+    service, server = services.start_payment_service(ledger, idempotent_charge, name="test-payments")
     with httpx.Client(base_url=server.url, timeout=10) as client:
         yield service, server, client
     server.stop()
@@ -191,7 +195,7 @@ def test_missing_key_400_and_bad_body_400(payments):
 
 def test_retry_while_in_flight_409(tmp_path: Path):
     ledger = api.Ledger(tmp_path / "slow.sqlite", processor_delay=0.6)  # a slow card network
-    service, server = api.start_payment_service(ledger, idempotent_charge, name="test-slow")
+    service, server = services.start_payment_service(ledger, idempotent_charge, name="test-slow")
     try:
         with httpx.Client(base_url=server.url, timeout=10) as client, ThreadPoolExecutor(1) as pool:
             first = pool.submit(_charge, client, "k-3")
@@ -224,7 +228,7 @@ def test_twenty_concurrent_requests_one_charge(payments):
 def test_lost_response_naive_double_charges_idempotent_does_not(tmp_path: Path):
     for handler in (api.naive_charge, idempotent_charge):
         ledger = api.Ledger(tmp_path / f"{handler.__name__}.sqlite")
-        service, server = api.start_payment_service(ledger, handler, name="test-lost")
+        service, server = services.start_payment_service(ledger, handler, name="test-lost")
         try:
             service.faults.lose_next = 1
             policy = api.RetryPolicy(max_attempts=4, base=0.01, cap=0.05, timeout=1.0)
@@ -243,12 +247,12 @@ def test_lost_response_naive_double_charges_idempotent_does_not(tmp_path: Path):
 
 def test_restart_keeps_keys(tmp_path: Path):
     path = tmp_path / "ledger.sqlite"
-    service, server = api.start_payment_service(api.Ledger(path), idempotent_charge, name="test-restart")
+    service, server = services.start_payment_service(api.Ledger(path), idempotent_charge, name="test-restart")
     with httpx.Client(timeout=10) as client:
         first = client.post(f"{server.url}/charges", json={"order_id": "o-r", "amount_cents": 5},
                             headers={"Idempotency-Key": "k-r"})
         server.stop()
-        _, server2 = api.start_payment_service(api.Ledger(path), idempotent_charge, name="test-restart")
+        _, server2 = services.start_payment_service(api.Ledger(path), idempotent_charge, name="test-restart")
         try:
             again = client.post(f"{server2.url}/charges", json={"order_id": "o-r", "amount_cents": 5},
                                 headers={"Idempotency-Key": "k-r"})
@@ -267,11 +271,11 @@ def test_retries_stop_on_client_errors(payments):
 
 def test_serve_replaces_previous_server_of_same_name(tmp_path: Path):
     ledger = api.Ledger(tmp_path / "l.sqlite")
-    _, a = api.start_payment_service(ledger, name="test-dup")
-    _, b = api.start_payment_service(ledger, name="test-dup")
+    _, a = services.start_payment_service(ledger, name="test-dup")
+    _, b = services.start_payment_service(ledger, name="test-dup")
     try:
         assert not a.running and b.running
-        assert [h for h in api.running_servers() if h.name == "test-dup"] == [b]
+        assert [h for h in services.running_servers() if h.name == "test-dup"] == [b]
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{a.url}/health", timeout=2)
         assert httpx.get(f"{b.url}/health", timeout=5).json()["status"] == "ok"
@@ -283,14 +287,14 @@ def test_serve_replaces_previous_server_of_same_name(tmp_path: Path):
 
 
 def test_sync_and_async_order_paths(tmp_path: Path):
-    _, pay = api.start_payment_service(api.Ledger(tmp_path / "l.sqlite"), idempotent_charge,
+    _, pay = services.start_payment_service(api.Ledger(tmp_path / "l.sqlite"), idempotent_charge,
                                        name="test-pay")
-    orders = api.OrderService(pay.url, work_seconds=0.3)
-    srv = api.serve(orders.app, "test-orders")
+    orders = services.OrderService(pay.url, work_seconds=0.3)
+    srv = services.serve(orders.app, "test-orders")
     try:
         with httpx.Client() as client:
-            sync = api.order_sync(srv.url, 1200, client)
-            asyn = api.order_async(srv.url, 1200, client, poll_every=0.02)
+            sync = services.order_sync(srv.url, 1200, client)
+            asyn = services.order_async(srv.url, 1200, client, poll_every=0.02)
             r = client.post(f"{srv.url}/orders/async", json={"amount_cents": 5})
             assert r.status_code == 202 and r.headers["Location"].startswith("/orders/ord_")
             assert client.get(f"{srv.url}/orders/nope").status_code == 404
@@ -309,28 +313,28 @@ def test_sync_and_async_order_paths(tmp_path: Path):
 
 def test_checker_passes_reference_and_fails_starter(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "progress.json"))
-    good = api.check_exercise(idempotent_charge, solution_mode=True)
+    good = checks.check_exercise(idempotent_charge, solution_mode=True)
     assert good.passed
-    bad = api.check_exercise(api.naive_charge)
+    bad = checks.check_exercise(api.naive_charge)
     assert not bad.passed
     failed = {c.name for c in bad.checks if not c.passed}
     assert {"lost response, then 2 retries", "20 concurrent requests, one key",
             "same key, different amount", "no Idempotency-Key header",
             "service restart between attempts"} <= failed
     assert any("charge(s) for key k-" in c.found for c in bad.checks)
-    assert not any(h.name == "exercise-check" for h in api.running_servers())
+    assert not any(h.name == "exercise-check" for h in services.running_servers())
 
 
 def test_checker_survives_broken_answers(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "progress.json"))
-    assert not api.check_exercise(None).passed
+    assert not checks.check_exercise(None).passed
 
     def raises(ledger, key, request):
         raise RuntimeError("boom")
 
-    result = api.check_exercise(raises)
+    result = checks.check_exercise(raises)
     assert not result.passed and "RuntimeError: boom" in result.checks[0].found
-    assert not any(h.name == "exercise-check" for h in api.running_servers())
+    assert not any(h.name == "exercise-check" for h in services.running_servers())
     assert threading.active_count() < 10  # no server threads left behind
 
 
@@ -348,7 +352,7 @@ def test_handler_error_is_reported_only_on_the_row_it_affected(tmp_path: Path, m
             raise RuntimeError("amount changed")
         return idempotent_charge(ledger, key, request)
 
-    rows = _rows(api.check_exercise(fails_on_the_other_amount))
+    rows = _rows(checks.check_exercise(fails_on_the_other_amount))
     for name in ("no Idempotency-Key header", "two different keys",
                  "service restart between attempts", "lost response, then 2 retries"):
         assert rows[name].passed, rows[name]
@@ -371,7 +375,7 @@ def test_handler_returning_none_in_flight_gets_a_hint_about_that_not_the_race(tm
             return None  # what `return record.reply` gives while the key is in flight
         return idempotent_charge(ledger, key, request)
 
-    rows = _rows(api.check_exercise(none_for_the_concurrent_row))
+    rows = _rows(checks.check_exercise(none_for_the_concurrent_row))
     row = rows["20 concurrent requests, one key"]
     assert not row.passed and "20x 500" in row.found
     assert "race" not in row.hint
@@ -380,3 +384,45 @@ def test_handler_returning_none_in_flight_gets_a_hint_about_that_not_the_race(tm
     assert "your handler failed (20 requests): TypeError" in row.found
     assert all(c.passed and "your handler" not in c.found
                for name, c in rows.items() if name != row.name), rows
+
+
+def test_a_row_that_raises_fails_alone_and_says_how_to_reproduce(tmp_path: Path, monkeypatch):
+    """Per-row isolation: a row whose run raises fails on its own, names its input and a
+    line to paste; the other rows still run and pass."""
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "progress.json"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("row broke")
+
+    monkeypatch.setattr(checks, "_check_mismatch", broken)
+    rows = _rows(checks.check_exercise(idempotent_charge))
+    assert list(rows) == list(checks.ROWS)
+    bad = rows["same key, different amount"]
+    assert not bad.passed and "RuntimeError: row broke" in bad.found
+    assert "Input: key k-" in bad.hint and "(seed 1)" in bad.hint
+    assert 'Reproduce: checks.run_row(my_answer, "same key, different amount")' in bad.hint
+    assert all(c.passed for name, c in rows.items() if name != bad.name), rows
+    with pytest.raises(RuntimeError, match="row broke"):  # run_row shows the traceback
+        checks.run_row(idempotent_charge, "different amount")
+    assert not any(h.name == "exercise-check" for h in services.running_servers())
+
+
+def test_run_row_gives_the_full_checks_verdict(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "progress.json"))
+    row = checks.run_row(api.naive_charge, "no Idempotency-Key")
+    assert row.name == "no Idempotency-Key header" and not row.passed
+    assert row.found.startswith("201 ch_") and row.found.endswith("; 1 charge(s)")
+    assert checks.run_row(idempotent_charge, "restart").passed
+    with pytest.raises(ValueError):
+        checks.run_row(idempotent_charge, "key")  # names several rows
+    assert ex.load_progress(tmp_path / "progress.json") == {}  # run_row records no attempt
+    assert not any(h.name == "exercise-check" for h in services.running_servers())
+
+
+def test_payment_service_cli_help():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "labsupport.services.api_communication", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "--port" in out and "--handler" in out

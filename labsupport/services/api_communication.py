@@ -1,0 +1,399 @@
+"""HTTP services of ``01_api_communication.ipynb``: the payment service and the order service.
+
+Both are FastAPI apps served by uvicorn on 127.0.0.1 (a free port, through
+``labsupport/servers.py``):
+
+* the payment service, whose charge handler is pluggable (``(ledger, key, request) ->
+  Reply``, see ``labsupport/api_communication.py``) and which has a fault switch that
+  commits the charge and then loses the response;
+* the order service, with a synchronous path (``201`` when the work is done) and an
+  asynchronous one (``202 Accepted`` + ``Location`` to poll), and the two clients that
+  time them (:func:`order_sync`, :func:`order_async`).
+
+From a shell, ``python -m labsupport.services.api_communication --port 8000`` serves the
+payment service with the reference (idempotent) handler, so it can be hit with curl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from labsupport import api_communication as api
+from labsupport import exercises as ex
+from labsupport import servers
+from labsupport.api_communication import (
+    MAX_KEY_LENGTH,
+    ChargeHandler,
+    ChargeRequest,
+    Ledger,
+    RetryPolicy,
+    naive_charge,
+    post_with_retries,
+)
+
+# --- Serving FastAPI apps on 127.0.0.1 from a notebook ------------------------------
+# labsupport/servers.py does it (notebooks 03 and 06 use it too): a uvicorn server in a
+# background thread on a free loopback port, registered by name so a re-run replaces it.
+# The notebook calls services.running_servers and services.stop_all.
+ServerHandle = servers.ServerHandle
+serve = servers.serve
+running_servers = servers.running_servers
+stop_all = servers.stop_all
+
+
+# --- The payment service ------------------------------------------------------------
+
+
+@dataclass
+class Faults:
+    """The fault switch: ``lose_next`` responses are committed, then never delivered."""
+
+    lose_next: int = 0
+    hold_seconds: float = 30.0  # a lost response is held until the client gives up
+    lost: int = 0  # how many responses were lost so far
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take(self) -> bool:
+        """True if this response is to be lost (and count it)."""
+        with self._lock:
+            if self.lose_next > 0:
+                self.lose_next -= 1
+                self.lost += 1
+                return True
+            return False
+
+
+def parse_idempotency_key(raw: str | None) -> str | None:
+    """The key from an ``Idempotency-Key`` header. The IETF draft makes it a Structured
+    Field string (``"abc"``, quoted); bare tokens are accepted too, as Stripe does."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        raw = raw[1:-1]
+    return raw or None
+
+
+def _parse_charge(body: Any) -> ChargeRequest:
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    order_id, amount, currency = body.get("order_id"), body.get("amount_cents"), body.get("currency", "eur")
+    if not isinstance(order_id, str) or not order_id:
+        raise ValueError("order_id must be a non-empty string")
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError("amount_cents must be a positive integer")
+    if not isinstance(currency, str) or len(currency) != 3:
+        raise ValueError("currency must be a 3-letter code")
+    return ChargeRequest(order_id, amount, currency.lower())
+
+
+def _problem(status: int, title: str, detail: str) -> JSONResponse:
+    # RFC 9457 problem details
+    return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail},
+                        status_code=status, media_type="application/problem+json")
+
+
+class HandlerError(NamedTuple):
+    """One request the charge handler failed: it raised, or returned something that is
+    not a ``Reply(status, dict)``. Either way the client got a 500."""
+
+    text: str  # one line: the exception and where it happened
+    returned: Any = None  # the bad return value (None when the handler raised)
+    raised: bool = True  # False: the handler returned, the service could not use the value
+
+# Frames in these files are the course's, not the handler's (a handler calls the ledger).
+_OWN_FILES = frozenset({__file__, api.__file__})
+
+
+def _handler_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The last traceback frame in the handler's own code: not this module or the ledger's,
+    not the standard library or an installed package."""
+    prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames
+           if f.filename not in _OWN_FILES and not f.filename.startswith(prefixes)]
+    return own[-1] if own else None
+
+
+def describe_handler_exception(exc: BaseException) -> str:
+    """One line naming the exception and the line of the handler it came from."""
+    text = ex.describe_exception(exc)  # names a notebook cell's line when there is one
+    frame = _handler_frame(exc)
+    if text == f"{type(exc).__name__}: {exc}" and frame is not None:
+        text += f" (in {frame.name}, line {frame.lineno}: {(frame.line or '').strip()})"
+    return text
+
+
+class PaymentService:
+    """The payment service: a FastAPI app around a :class:`Ledger` and a charge handler."""
+
+    def __init__(self, ledger: Ledger, handler: ChargeHandler) -> None:
+        self.ledger = ledger
+        self.handler = handler
+        self.faults = Faults()
+        self.failures: list[HandlerError] = []  # requests the handler failed, in order
+        self.app = self._build_app()
+
+    @property
+    def errors(self) -> list[str]:
+        """What the handler did wrong, one line per failed request."""
+        return [f.text for f in self.failures]
+
+    def _fail(self, failure: HandlerError) -> JSONResponse:
+        self.failures.append(failure)  # list.append is atomic: handler threads may race here
+        return _problem(500, "Internal Server Error", failure.text)
+
+    def _call_handler(self, key: str | None, request: ChargeRequest) -> JSONResponse:
+        try:
+            reply = self.handler(self.ledger, key, request)
+        except Exception as exc:  # noqa: BLE001 - a handler bug is a 500, and is reported
+            return self._fail(HandlerError(describe_handler_exception(exc)))
+        try:
+            status, body = reply  # a Reply or any (status, body) pair
+            status = int(status)
+            valid = 100 <= status <= 599 and isinstance(body, dict)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            name = getattr(self.handler, "__name__", "the handler")
+            return self._fail(HandlerError(
+                f"TypeError: {name} returned {reply!r:.80}, not Reply(status, dict) "
+                "(the payment service could not send it)", reply, raised=False))
+        return JSONResponse(body, status_code=status)
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="Payment service", description="Charges cards; honours Idempotency-Key.")
+
+        @app.post("/charges")
+        async def create_charge(request: Request) -> Any:
+            raw_key = request.headers.get("idempotency-key")
+            key = parse_idempotency_key(raw_key)
+            if key is not None and len(key) > MAX_KEY_LENGTH:
+                return _problem(400, "Bad Request", f"Idempotency-Key longer than {MAX_KEY_LENGTH} characters")
+            try:
+                charge = _parse_charge(json.loads(await request.body() or b"null"))
+            except (ValueError, json.JSONDecodeError) as exc:
+                return _problem(400, "Bad Request", f"invalid charge request: {exc}")
+            response = await run_in_threadpool(self._call_handler, key, charge)
+            if self.faults.take():
+                # The charge is committed; now the response gets lost on the way back.
+                deadline = time.monotonic() + self.faults.hold_seconds
+                while time.monotonic() < deadline and not await request.is_disconnected():
+                    await asyncio.sleep(0.02)
+            return response
+
+        @app.get("/charges")
+        def list_charges(order_id: str | None = None) -> list[dict[str, Any]]:
+            return self.ledger.charges(order_id)
+
+        @app.post("/faults")
+        def set_faults(body: dict[str, Any]) -> dict[str, Any]:
+            n = body.get("lose_next", 0)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                return _problem(400, "Bad Request", "lose_next must be a non-negative integer")
+            self.faults.lose_next = n
+            return {"lose_next": self.faults.lose_next, "lost": self.faults.lost}
+
+        @app.get("/health")
+        def health() -> dict[str, Any]:
+            return {"status": "ok", "charges": self.ledger.count_charges()}
+
+        return app
+
+
+def start_payment_service(ledger: Ledger, handler: ChargeHandler = naive_charge,
+                          name: str = "payments") -> tuple[PaymentService, ServerHandle]:
+    """Build the payment service and serve it on a free port (replacing one of that name)."""
+    service = PaymentService(ledger, handler)
+    return service, serve(service.app, name)
+
+
+# --- The order service: a synchronous path and an asynchronous one ------------------
+
+
+@dataclass
+class Order:
+    order_id: str
+    amount_cents: int
+    status: str = "pending"  # pending -> paid | failed
+    accepted_at: float = 0.0  # seconds (time.monotonic in the service)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    charge_id: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"order_id": self.order_id, "amount_cents": self.amount_cents,
+                "status": self.status, "charge_id": self.charge_id, "detail": self.detail,
+                "work_seconds": round(self.finished_at - self.started_at, 4) if self.finished_at else None}
+
+
+ORDER_POLICY = RetryPolicy(timeout=2.0)  # the order service's charge retries (frozen: a safe default)
+
+
+class OrderService:
+    """Places orders: checks stock and fraud (``work_seconds`` of simulated work), then
+    charges through the payment service with retries and an idempotency key per order."""
+
+    def __init__(self, payment_url: str, *, work_seconds: float = 0.3,
+                 policy: RetryPolicy = ORDER_POLICY, workers: int = 4) -> None:
+        self.payment_url = payment_url.rstrip("/")
+        self.work_seconds = work_seconds
+        self.policy = policy
+        self.orders: dict[str, Order] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="order-worker")
+        self.app = self._build_app()
+
+    def _new_order(self, body: Any) -> Order:
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        amount = body.get("amount_cents")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise ValueError("amount_cents must be a positive integer")
+        order = Order("ord_" + uuid.uuid4().hex[:12], amount, accepted_at=time.monotonic())
+        with self._lock:
+            self.orders[order.order_id] = order
+        return order
+
+    def _fulfil(self, order: Order) -> Order:
+        """The work itself: checks, then the charge. Runs in the caller's request (sync)
+        or in a background worker (async)."""
+        order.started_at = time.monotonic()
+        time.sleep(self.work_seconds)  # stock and fraud checks
+        result = post_with_retries(f"{self.payment_url}/charges",
+                                   {"order_id": order.order_id, "amount_cents": order.amount_cents},
+                                   key=f"order-{order.order_id}", policy=self.policy)
+        if result.status == 201 or result.status == 200:
+            order.status, order.charge_id = "paid", result.response.json().get("charge_id")
+        else:
+            order.status, order.detail = "failed", result.log()
+        order.finished_at = time.monotonic()
+        return order
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="Order service")
+
+        @app.post("/orders", status_code=201)
+        def place_order_sync(body: dict[str, Any]) -> Any:
+            try:
+                order = self._new_order(body)
+            except ValueError as exc:
+                return _problem(400, "Bad Request", str(exc))
+            order = self._fulfil(order)  # the caller waits for all of it
+            return JSONResponse(order.as_dict(), status_code=201 if order.status == "paid" else 502)
+
+        @app.post("/orders/async", status_code=202)
+        def place_order_async(body: dict[str, Any]) -> Any:
+            try:
+                order = self._new_order(body)
+            except ValueError as exc:
+                return _problem(400, "Bad Request", str(exc))
+            self._pool.submit(self._fulfil, order)  # the work happens after we answer
+            return JSONResponse(order.as_dict(), status_code=202,
+                                headers={"Location": f"/orders/{order.order_id}",
+                                         "Retry-After": "1"})  # whole seconds, per RFC 9110
+
+        @app.get("/orders/{order_id}")
+        def order_status(order_id: str) -> Any:
+            order = self.orders.get(order_id)
+            if order is None:
+                return _problem(404, "Not Found", f"no order {order_id}")
+            return order.as_dict()
+
+        return app
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def start_order_service(payment_url: str, *, work_seconds: float = 0.3,
+                        name: str = "orders") -> tuple[OrderService, ServerHandle]:
+    """Build the order service and serve it; stopping the server also stops its workers."""
+    service = OrderService(payment_url, work_seconds=work_seconds)
+    return service, serve(service.app, name, on_stop=service.close)
+
+
+@dataclass(frozen=True)
+class PathTiming:
+    """What one order cost on one path. Seconds."""
+
+    path: str  # "sync" or "async"
+    caller_waits: float  # until the caller got its first answer (201 or 202)
+    until_done: float  # until the caller knew the order was paid
+    work: float  # the work itself, as the service measured it
+    polls: int  # GET requests on the status URL (0 on the sync path)
+
+
+def order_sync(base_url: str, amount_cents: int, client: httpx.Client) -> PathTiming:
+    """Place one order on the synchronous path and time it."""
+    started = time.perf_counter()
+    r = client.post(f"{base_url}/orders", json={"amount_cents": amount_cents}, timeout=30)
+    waited = time.perf_counter() - started
+    r.raise_for_status()
+    return PathTiming("sync", waited, waited, r.json()["work_seconds"], 0)
+
+
+def order_async(base_url: str, amount_cents: int, client: httpx.Client,
+                poll_every: float = 0.05, timeout: float = 30.0) -> PathTiming:
+    """Place one order on the asynchronous path: 202 + Location, then poll the status URL."""
+    started = time.perf_counter()
+    r = client.post(f"{base_url}/orders/async", json={"amount_cents": amount_cents}, timeout=30)
+    accepted = time.perf_counter() - started
+    if r.status_code != 202:
+        raise RuntimeError(f"expected 202 Accepted, got {r.status_code}: {r.text[:200]}")
+    status_url = base_url + r.headers["Location"]
+    polls = 0
+    while True:  # a real client would honour Retry-After; we poll faster to keep the demo short
+        time.sleep(poll_every)
+        polls += 1
+        state = client.get(status_url, timeout=30).json()
+        if state["status"] != "pending":
+            break
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"order still pending after {timeout} s")
+    return PathTiming("async", accepted, time.perf_counter() - started, state["work_seconds"], polls)
+
+
+# --- From the shell -----------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the payment service (curl it).")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--db", type=Path, default=Path.home() / ".labsupport" / "payments.sqlite",
+                        help="the SQLite ledger (kept across restarts)")
+    parser.add_argument("--handler", choices=("idempotent", "naive"), default="idempotent")
+    parser.add_argument("--processor-delay", type=float, default=0.2, help="seconds per charge")
+    args = parser.parse_args(argv)
+    if args.handler == "idempotent":
+        from labsupport.solutions.api_communication import idempotent_charge as handler
+    else:
+        handler = naive_charge
+    service = PaymentService(Ledger(args.db, processor_delay=args.processor_delay), handler)
+    print(f"payment service ({args.handler} handler), ledger {args.db}\n"
+          f"  curl -i -X POST localhost:{args.port}/charges -H 'Content-Type: application/json' "
+          f"-H 'Idempotency-Key: \"k-1\"' -d '{{\"order_id\": \"o-1\", \"amount_cents\": 1500}}'\n"
+          f"  curl localhost:{args.port}/charges")
+    uvicorn.run(service.app, host="127.0.0.1", port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()
