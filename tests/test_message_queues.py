@@ -1,4 +1,4 @@
-"""Tests for labsupport.message_queues (notebook 03).
+"""Tests for labsupport.message_queues and its layers (notebook 03).
 
 The queue is checked against the SQS rules it claims (visibility timeout, receipt
 handles, redrive after maxReceiveCount, retention from the original send), under
@@ -24,6 +24,10 @@ from pathlib import Path
 import pytest
 
 from labsupport import message_queues as mq
+from labsupport.bench import message_queues as bench
+from labsupport.checks import message_queues as checks
+from labsupport.explore import message_queues as explore
+from labsupport.services import message_queues as services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -253,11 +257,11 @@ def test_concurrent_processes_never_share_a_message(db: str) -> None:
 
 def test_2000_jobs_workers_killed_at_random_none_lost(db: str) -> None:
     q = mq.Queue(db, "jobs", visibility_timeout=0.5)
-    docs = mq.make_documents(2000)
+    docs = services.make_documents(2000)
     for start in range(0, 2000, 100):
         q.send_batch([d.to_json() for d in docs[start:start + 100]])
     rng = random.Random(7)
-    spawn = lambda: mq.spawn_worker_process(db, visibility_timeout=0.5,  # noqa: E731
+    spawn = lambda: services.spawn_worker_process(db, visibility_timeout=0.5,  # noqa: E731
                                             processing_time=0.001)
     workers = [spawn() for _ in range(4)]
     kills = 0
@@ -266,12 +270,12 @@ def test_2000_jobs_workers_killed_at_random_none_lost(db: str) -> None:
         while len(q) and time.monotonic() < deadline:
             time.sleep(rng.uniform(0.1, 0.4))
             victim = rng.randrange(len(workers))
-            mq.kill_hard(workers[victim])  # SIGKILL: mid-job, nothing cleaned up
+            services.kill_hard(workers[victim])  # SIGKILL: mid-job, nothing cleaned up
             kills += 1
             workers[victim] = spawn()
     finally:
         for w in workers:
-            mq.kill_hard(w)
+            services.kill_hard(w)
     store = mq.ResultStore(db)
     effects = store.effects_per_doc()
     assert kills >= 3
@@ -299,7 +303,7 @@ def test_queue_survives_sigkill_of_its_process(db: str) -> None:
         acknowledged.append(line.strip())
         if len(acknowledged) == 300:
             break
-    mq.kill_hard(proc)  # mid-send: no close, no checkpoint
+    services.kill_hard(proc)  # mid-send: no close, no checkpoint
     acknowledged += proc.stdout.read().split()
     reopened = mq.Queue(db, "jobs", visibility_timeout=60)
     stored = {m["id"] for m in reopened.peek()}
@@ -325,27 +329,27 @@ def test_reopen_keeps_in_flight_messages(db: str) -> None:
 
 
 def _config(vt: float, handler: mq.Handler, workers: int = 5,
-            mrc: int | None = 3) -> mq.PipelineConfig:
-    return mq.PipelineConfig(workers=workers, visibility_timeout=vt, max_receive_count=mrc,
+            mrc: int | None = 3) -> services.PipelineConfig:
+    return services.PipelineConfig(workers=workers, visibility_timeout=vt, max_receive_count=mrc,
                              handler=handler)
 
 
 def test_short_visibility_timeout_duplicates_and_idempotency_fixes_it() -> None:
-    docs = mq.make_documents(30)
+    docs = services.make_documents(30)
     # visibility timeout (0.02 s) shorter than the processing time (0.05 s)
-    naive = mq.run_pipeline(_config(0.02, mq.process_naive, mrc=None), docs,
+    naive = services.run_pipeline(_config(0.02, mq.process_naive, mrc=None), docs,
                             processing_time=0.05, deadline=1.5)
     assert sum(c > 1 for c in naive.effects.values()) > 0
-    safe = mq.run_pipeline(_config(0.02, mq.process_idempotent, mrc=None), docs,
+    safe = services.run_pipeline(_config(0.02, mq.process_idempotent, mrc=None), docs,
                            processing_time=0.05, deadline=3)
     assert set(safe.effects) == {d.doc_id for d in docs}
     assert max(safe.effects.values()) == 1
 
 
 def test_crash_and_poison_in_a_real_pool() -> None:
-    docs = mq.make_documents(40, poison={3, 17})
-    faults = mq.FaultPlan(crash_on={docs[5].name, docs[20].name})
-    run = mq.run_pipeline(_config(0.1, mq.process_idempotent), docs, processing_time=0.02,
+    docs = services.make_documents(40, poison={3, 17})
+    faults = services.FaultPlan(crash_on={docs[5].name, docs[20].name})
+    run = services.run_pipeline(_config(0.1, mq.process_idempotent), docs, processing_time=0.02,
                           faults=faults, deadline=10)
     assert run.drained_at is not None
     assert len(run.stats.crashes) == 2
@@ -356,14 +360,14 @@ def test_crash_and_poison_in_a_real_pool() -> None:
 
 
 def test_processing_service_enforces_capacity() -> None:
-    service = mq.ProcessingService(processing_time=0.2, capacity=2)
+    service = services.ProcessingService(processing_time=0.2, capacity=2)
     doc = mq.Document("d", "d.pdf", "text")
     errors: list[str] = []
 
     def call() -> None:
         try:
             service.extract_text(doc)
-        except mq.ServiceOverloaded:
+        except services.ServiceOverloaded:
             errors.append("overloaded")
 
     threads = [threading.Thread(target=call) for _ in range(5)]
@@ -372,15 +376,15 @@ def test_processing_service_enforces_capacity() -> None:
     for t in threads:
         t.join()
     assert len(errors) == 3 and service.peak_concurrency == 2
-    with pytest.raises(mq.CorruptDocument):
+    with pytest.raises(services.CorruptDocument):
         service.extract_text(mq.Document("p", "p.pdf", mq.CORRUPT_MARKER + "x"))
 
 
 def test_littles_law_holds_on_a_real_run() -> None:
-    docs = mq.make_documents(120)
-    run = mq.run_pipeline(_config(1.0, mq.process_idempotent, workers=4), docs,
+    docs = services.make_documents(120)
+    run = services.run_pipeline(_config(1.0, mq.process_idempotent, workers=4), docs,
                           processing_time=0.02, arrival_rate=150, sample_interval=0.005)
-    law = mq.littles_law(run)
+    law = explore.littles_law(run)
     assert law["relative_error"] < 0.1, law
 
 
@@ -389,38 +393,38 @@ def test_littles_law_holds_on_a_real_run() -> None:
 
 @pytest.mark.parametrize("n,workers", [(500, 20), (101, 10), (7, 3), (1, 1)])
 def test_simulation_without_faults_is_ideal(n: int, workers: int) -> None:
-    sim = mq.simulate(n, workers, processing_time=2.0, visibility_timeout=5.0, poison=0)
+    sim = explore.simulate(n, workers, processing_time=2.0, visibility_timeout=5.0, poison=0)
     assert sim.drained_at == pytest.approx(math.ceil(n / workers) * 2.0)
     assert sim.duplicates == 0 and sim.dead_lettered == 0
     assert sim.done[-1] == n
 
 
 def test_simulation_poison_goes_to_dlq_and_short_timeout_duplicates() -> None:
-    sim = mq.simulate(100, 10, processing_time=1.0, visibility_timeout=3.0, poison=2,
+    sim = explore.simulate(100, 10, processing_time=1.0, visibility_timeout=3.0, poison=2,
                       max_receive_count=4)
     assert sim.dead_lettered == 2 and sim.drained_at is not None
-    loop = mq.simulate(100, 10, processing_time=1.0, visibility_timeout=3.0, poison=2,
+    loop = explore.simulate(100, 10, processing_time=1.0, visibility_timeout=3.0, poison=2,
                        max_receive_count=None)
     assert loop.drained_at is None  # poison loops for ever without a DLQ
-    dup = mq.simulate(100, 10, processing_time=1.0, visibility_timeout=0.5, poison=0)
+    dup = explore.simulate(100, 10, processing_time=1.0, visibility_timeout=0.5, poison=0)
     assert dup.duplicates > 0
 
 
 def test_simulation_crashes_cost_a_visibility_timeout() -> None:
-    base = mq.simulate(200, 10, processing_time=1.0, visibility_timeout=2.0, poison=0)
-    crashy = mq.simulate(200, 10, processing_time=1.0, visibility_timeout=2.0, poison=0,
+    base = explore.simulate(200, 10, processing_time=1.0, visibility_timeout=2.0, poison=0)
+    crashy = explore.simulate(200, 10, processing_time=1.0, visibility_timeout=2.0, poison=0,
                          crash_rate=0.1, seed=1)
     assert crashy.crashes > 5 and crashy.duplicates == 0
     assert crashy.drained_at > base.drained_at
 
 
 def test_widget_callback_is_fast() -> None:
-    fig = mq.depth_figure()
-    mq.update_depth_figure(fig, workers=20, crash_rate=0.05, visibility_timeout=3.0)
+    fig = explore.depth_figure()
+    explore.update_depth_figure(fig, workers=20, crash_rate=0.05, visibility_timeout=3.0)
     times = []
     for vt in (0.5, 2.0, 6.0):
         start = time.perf_counter()
-        text = mq.update_depth_figure(fig, workers=10, crash_rate=0.1, visibility_timeout=vt)
+        text = explore.update_depth_figure(fig, workers=10, crash_rate=0.1, visibility_timeout=vt)
         times.append(time.perf_counter() - start)
     assert "crashes" in text and len(fig.data[0].x) > 10
     assert sorted(times)[1] < 0.15
@@ -435,14 +439,14 @@ def test_front_door_accepts_reports_status_and_rejects_bad_requests(db: str) -> 
     dlq = mq.Queue(db, "jobs-dlq")
     q = mq.Queue(db, "jobs", dead_letter_queue=dlq, max_receive_count=1)
     store = mq.ResultStore(db)
-    client = TestClient(mq.create_app(q, store))
+    client = TestClient(services.create_app(q, store))
     r = client.post("/uploads", json={"name": "a.pdf", "content": "hello"})
     assert r.status_code == 202
     job = r.json()["job_id"]
     assert client.get(f"/jobs/{job}").json()["status"] == "queued"
     [m] = q.receive()
     assert client.get(f"/jobs/{job}").json()["status"] == "processing"
-    mq.process_idempotent(mq.Document.from_json(m.body), mq.ProcessingService(0.0), store)
+    mq.process_idempotent(mq.Document.from_json(m.body), services.ProcessingService(0.0), store)
     q.delete(m.receipt_handle)
     assert client.get(f"/jobs/{job}").json()["status"] == "done"
     assert client.get("/jobs/nope").status_code == 404
@@ -451,11 +455,11 @@ def test_front_door_accepts_reports_status_and_rejects_bad_requests(db: str) -> 
 
 
 def test_sync_endpoint_limits_and_async_accepts_everything(db: str) -> None:
-    server = mq.serve(db, processing_time=0.3, sync_limit=2, sync_timeout=0.2,
+    server = services.serve(db, processing_time=0.3, sync_limit=2, sync_timeout=0.2,
                       sync_max_waiting=3, name="test-front-door")
     try:
-        docs = mq.make_documents(12)
-        sync = mq.fire_requests(server.url + "/process-sync", docs)
+        docs = services.make_documents(12)
+        sync = services.fire_requests(server.url + "/process-sync", docs)
         # 2 slots, each busy 0.3 s > the 0.2 s wait; a waiting room of 3; the rest turned
         # away. Exact counts hold on a quiet machine (2 / 3 / 7); under CPU contention the
         # 12 requests arrive spread out, so a slot or a waiting place can free up between.
@@ -463,16 +467,16 @@ def test_sync_endpoint_limits_and_async_accepts_everything(db: str) -> None:
         assert sum(counts.values()) == 12, counts
         assert 2 <= counts["accepted"] <= 4, counts
         assert counts["timed_out"] >= 1, counts  # the waiting room held some, in vain
-        uploads = mq.fire_requests(server.url + "/uploads", docs)
+        uploads = services.fire_requests(server.url + "/uploads", docs)
         assert uploads.count("accepted") == 12 and len(uploads.job_of) == 12
         assert len(mq.Queue(db, "jobs")) == 12
-        again = mq.serve(db, name="test-front-door")  # a re-run replaces the old server
-        assert mq._SERVERS["test-front-door"] is again
-        old = mq.fire_requests(server.url + "/uploads", docs[:1], timeout=2)
+        again = services.serve(db, name="test-front-door")  # a re-run replaces the old server
+        assert services._SERVERS["test-front-door"] is again
+        old = services.fire_requests(server.url + "/uploads", docs[:1], timeout=2)
         assert old.count("rejected") == 1  # the old one no longer listens
     finally:
-        mq.stop_all_servers()
-    assert not any(name == "test-front-door" for name in mq._SERVERS)
+        services.stop_all_servers()
+    assert not any(name == "test-front-door" for name in services._SERVERS)
 
 
 # --- the exercise checker -------------------------------------------------------------
@@ -481,14 +485,14 @@ def test_sync_endpoint_limits_and_async_accepts_everything(db: str) -> None:
 @pytest.mark.parametrize("answer", [None, 42, lambda: "config"])
 def test_checker_turns_wrong_answers_into_feedback(answer, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
-    result = mq.check_exercise(answer)
+    result = checks.check_exercise(answer)
     assert not result.passed
     assert json.loads((tmp_path / "p.json").read_text())["03_message_queues"]["attempts"] == 1
 
 
 def test_checker_rejects_too_many_workers_without_running(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
-    result = mq.check_exercise(lambda: _config(0.5, mq.process_idempotent, workers=50))
+    result = checks.check_exercise(lambda: _config(0.5, mq.process_idempotent, workers=50))
     assert not result.passed
     names = {c.name: c for c in result.checks}
     assert not names["workers within capacity"].passed
@@ -496,7 +500,7 @@ def test_checker_rejects_too_many_workers_without_running(tmp_path, monkeypatch)
 
 
 def test_scenario_faults_are_fixed_and_distinct() -> None:
-    docs, poison, crashes = mq._scenario_docs(mq.SCENARIO)
+    docs, poison, crashes = checks._scenario_docs(checks.SCENARIO)
     assert len(docs) == 500 and len(poison) == 2 and len(crashes) == 3
     assert not poison & crashes
     assert sum(d.corrupt for d in docs) == 2
@@ -504,12 +508,12 @@ def test_scenario_faults_are_fixed_and_distinct() -> None:
 
 
 def test_crash_after_effect_duplicates_a_naive_handler_only() -> None:
-    docs = mq.make_documents(30)
+    docs = services.make_documents(30)
     victims = {docs[4].name, docs[11].name, docs[25].name}
     runs = {}
     for handler in (mq.process_naive, mq.process_idempotent):
-        faults = mq.FaultPlan(crash_after_effect_on=victims)
-        runs[handler] = mq.run_pipeline(_config(0.1, handler), docs, processing_time=0.02,
+        faults = services.FaultPlan(crash_after_effect_on=victims)
+        runs[handler] = services.run_pipeline(_config(0.1, handler), docs, processing_time=0.02,
                                         faults=faults, deadline=10)
     naive, safe = runs[mq.process_naive], runs[mq.process_idempotent]
     for run in (naive, safe):
@@ -521,22 +525,22 @@ def test_crash_after_effect_duplicates_a_naive_handler_only() -> None:
 
 
 def test_scenario_crashes_after_effect_are_fixed_and_distinct() -> None:
-    sc = mq.SCENARIO
-    docs, poison, crashes = mq._scenario_docs(sc)
-    faults = mq._scenario_faults(sc, docs, poison, crashes)
-    assert faults == mq._scenario_faults(sc, docs, poison, crashes)  # fixed by the seed
+    sc = checks.SCENARIO
+    docs, poison, crashes = checks._scenario_docs(sc)
+    faults = checks._scenario_faults(sc, docs, poison, crashes)
+    assert faults == checks._scenario_faults(sc, docs, poison, crashes)  # fixed by the seed
     assert len(faults.crash_after_effect_on) == sc.crashes_after_effect == 12
     assert not faults.crash_after_effect_on & (poison | crashes)
     assert faults.crash_on == crashes
-    assert sc.processing_time == mq.EXERCISE_PROCESSING_TIME == 0.25
+    assert sc.processing_time == checks.EXERCISE_PROCESSING_TIME == 0.25
 
 
 def test_checker_fails_a_non_idempotent_handler_with_good_settings(tmp_path, monkeypatch) -> None:
     """A right visibility timeout used to hide a non-idempotent handler: every injected
     crash came before the effect. The crashes after the effect must catch it."""
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
-    vt = 2.5 * mq.SCENARIO.processing_time  # the reference solution's timeout
-    result = mq.check_exercise(lambda: _config(vt, mq.process_naive, workers=20))
+    vt = 2.5 * checks.SCENARIO.processing_time  # the reference solution's timeout
+    result = checks.check_exercise(lambda: _config(vt, mq.process_naive, workers=20))
     assert not result.passed
     row = {c.name: c for c in result.checks}["every good document processed exactly once (in effect)"]
     assert not row.passed
@@ -551,9 +555,9 @@ def test_checker_hints_match_a_long_visibility_timeout(tmp_path, monkeypatch) ->
     """30 s (the SQS default) with a DLQ and an idempotent handler: nothing is duplicated
     and max_receive_count is set, so the hints must say what happened instead."""
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
-    small = mq.Scenario(uploads=100, processing_time=0.1)  # a 0.5 s ideal drain: a quick check
-    checks = mq._checks(lambda: _config(30.0, mq.process_idempotent, workers=20), small)
-    rows = {c.name: c for c in checks}
+    small = checks.Scenario(uploads=100, processing_time=0.1)  # a 0.5 s ideal drain: a quick check
+    found = checks._checks(lambda: _config(30.0, mq.process_idempotent, workers=20), small)
+    rows = {c.name: c for c in found}
     once = rows["every good document processed exactly once (in effect)"]
     dlq = rows["both poison documents in the DLQ"]
     assert not once.passed and not dlq.passed
@@ -563,3 +567,22 @@ def test_checker_hints_match_a_long_visibility_timeout(tmp_path, monkeypatch) ->
     assert "max_receive_count = 3 is set" in dlq.hint and "3 × 30 s = 90 s" in dlq.hint
     assert "still in the main queue after 1 and 1 receives" in dlq.found
     assert not rows["drain time near the ideal"].passed
+
+
+# --- the layers: command lines and the benchmark --------------------------------------
+
+
+@pytest.mark.parametrize("module", ["labsupport.services.message_queues",
+                                    "labsupport.services.message_queues_workers",
+                                    "labsupport.bench.message_queues"])
+def test_command_lines_answer_help(module: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                          text=True, env=python_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"python -m {module}" in proc.stdout
+
+
+def test_benchmark_rows_are_rates() -> None:
+    rows = bench.bench(n_messages=40)
+    assert [r["threads"] for r in rows] == [1, 4]
+    assert all(r[k] > 0 for r in rows for k in ("send_per_s", "receive_per_s", "delete_per_s"))

@@ -7,11 +7,13 @@ front of it and drain the queue with a pool that never loses a document.
 from __future__ import annotations
 
 from labsupport import message_queues as mq
+from labsupport.checks import message_queues as checks
+from labsupport.services import message_queues as services
 
-PROCESSING_TIME = mq.EXERCISE_PROCESSING_TIME  # 0.25 s per document in the exercise
+PROCESSING_TIME = checks.EXERCISE_PROCESSING_TIME  # 0.25 s per document in the exercise
 
 
-def process_document(doc: mq.Document, service: mq.ProcessingService,
+def process_document(doc: mq.Document, service: services.ProcessingService,
                      store: mq.ResultStore) -> None:
     """Idempotent: the effect is applied at most once per document, however often the
     message is delivered (at-least-once delivery, exactly-once effect), including after
@@ -24,9 +26,9 @@ def process_document(doc: mq.Document, service: mq.ProcessingService,
             tx.record_effect(doc.doc_id, text)
 
 
-def my_pipeline() -> mq.PipelineConfig:
-    return mq.PipelineConfig(
-        workers=mq.SCENARIO.capacity,  # 20: all the service can take, no more
+def my_pipeline() -> services.PipelineConfig:
+    return services.PipelineConfig(
+        workers=checks.SCENARIO.capacity,  # 20: all the service can take, no more
         # Above the processing time with room for scheduling jitter, but short, because a
         # crashed worker's document waits this long before anyone retries it.
         visibility_timeout=2.5 * PROCESSING_TIME,
