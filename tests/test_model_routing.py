@@ -1,4 +1,5 @@
-"""Tests for labsupport.model_routing (notebook 04) and its data set, data/routing/.
+"""Tests for labsupport.model_routing (notebook 04), its checker, explore and bench layers,
+and its data set, data/routing/.
 
 Cost and latency are checked against numbers worked out by hand, APGR and CPT against
 curves with known answers, the sweep against brute force, the logistic regression
@@ -18,6 +19,9 @@ import numpy as np
 import pytest
 
 from labsupport import model_routing as mr
+from labsupport.bench import model_routing as bench
+from labsupport.checks import model_routing as checks
+from labsupport.explore import model_routing as explore
 
 
 @pytest.fixture(autouse=True)
@@ -165,10 +169,10 @@ def test_scenario_numbers_scale_to_ten_thousand_requests():
 
 def test_cascade_extremes():
     test = mr.load_requests("test")
-    never = mr.evaluate_cascade(test, threshold=0.0)  # confidence is never < 0
+    never = explore.evaluate_cascade(test, threshold=0.0)  # confidence is never < 0
     assert never.daily_cost_usd == pytest.approx(mr.evaluate(test, mr.all_small(test))
                                                  .daily_cost_usd)
-    always = mr.evaluate_cascade(test, threshold=1.01)  # everything escalates
+    always = explore.evaluate_cascade(test, threshold=1.01)  # everything escalates
     both = (mr.evaluate(test, mr.all_small(test)).daily_cost_usd
             + mr.evaluate(test, mr.all_large(test)).daily_cost_usd)
     assert always.daily_cost_usd == pytest.approx(both)
@@ -180,25 +184,25 @@ def test_cascade_extremes():
 
 def test_apgr_and_cpt_on_known_curves():
     x = np.linspace(0, 1, 2001)
-    assert mr.apgr(x, x) == pytest.approx(0.5)  # random router
-    assert mr.cpt(x, x, 0.5) == pytest.approx(0.5)
-    assert mr.apgr(x, np.sqrt(x)) == pytest.approx(2 / 3, abs=1e-3)  # ∫√x = 2/3
-    assert mr.cpt(x, np.sqrt(x), 0.5) == pytest.approx(0.25, abs=1e-4)  # √c = ½
-    assert mr.apgr(x, x**2) == pytest.approx(1 / 3, abs=1e-3)
-    assert mr.cpt(x, x**2, 0.5) == pytest.approx(math.sqrt(0.5), abs=1e-3)
+    assert explore.apgr(x, x) == pytest.approx(0.5)  # random router
+    assert explore.cpt(x, x, 0.5) == pytest.approx(0.5)
+    assert explore.apgr(x, np.sqrt(x)) == pytest.approx(2 / 3, abs=1e-3)  # ∫√x = 2/3
+    assert explore.cpt(x, np.sqrt(x), 0.5) == pytest.approx(0.25, abs=1e-4)  # √c = ½
+    assert explore.apgr(x, x**2) == pytest.approx(1 / 3, abs=1e-3)
+    assert explore.cpt(x, x**2, 0.5) == pytest.approx(math.sqrt(0.5), abs=1e-3)
     # A perfect router recovers the whole gap after 20 % of calls: area 1 − 0.2/2 = 0.9.
-    assert mr.apgr([0, 0.2, 1], [0, 1, 1]) == pytest.approx(0.9)
-    assert mr.cpt([0, 0.2, 1], [0, 1, 1], 0.5) == pytest.approx(0.1)
-    assert math.isnan(mr.cpt([0, 1], [0, 0.4], 0.5))
-    assert mr.pgr(0.9, 0.8, 1.0) == pytest.approx(0.5)
+    assert explore.apgr([0, 0.2, 1], [0, 1, 1]) == pytest.approx(0.9)
+    assert explore.cpt([0, 0.2, 1], [0, 1, 1], 0.5) == pytest.approx(0.1)
+    assert math.isnan(explore.cpt([0, 1], [0, 0.4], 0.5))
+    assert explore.pgr(0.9, 0.8, 1.0) == pytest.approx(0.5)
     with pytest.raises(ValueError):
-        mr.apgr([0.1, 1], [0, 1])
+        explore.apgr([0.1, 1], [0, 1])
 
 
 def test_sweep_matches_brute_force():
     test = mr.load_requests("test")
     scores = np.round(np.random.default_rng(3).random(len(test)), 2)  # ties on purpose
-    curve = mr.sweep(test, scores)
+    curve = explore.sweep(test, scores)
     assert curve.share_large[0] == 0 and curve.share_large[-1] == 1
     for i in range(0, len(curve.alphas), 7):
         o = mr.evaluate(test, mr.threshold_routes(scores, curve.alphas[i]))
@@ -209,12 +213,12 @@ def test_sweep_matches_brute_force():
 
 def test_random_router_apgr_is_one_half():
     test = mr.load_requests("test")
-    metrics = [mr.curve_metrics(mr.sweep(test, mr.random_scores(len(test), s)))
+    metrics = [explore.curve_metrics(explore.sweep(test, mr.random_scores(len(test), s)))
                for s in range(20)]
     assert np.mean([m["apgr"] for m in metrics]) == pytest.approx(0.5, abs=0.03)
     assert np.mean([m["cpt50"] for m in metrics]) == pytest.approx(0.5, abs=0.06)
     oracle_scores = mr.labels_of(test).astype(float)
-    assert mr.curve_metrics(mr.sweep(test, oracle_scores))["apgr"] > 0.8
+    assert explore.curve_metrics(explore.sweep(test, oracle_scores))["apgr"] > 0.8
 
 
 # --- the classifier -----------------------------------------------------------------
@@ -332,7 +336,7 @@ def _lookup_router():
 
 
 def test_starter_fails_with_numbers():
-    result = mr.check_exercise({"router": mr.all_large, "report": {}})
+    result = checks.check_exercise({"router": mr.all_large, "report": {}})
     assert not result.passed
     cost = next(c for c in result.checks if c.name.startswith("daily cost close"))
     assert not cost.passed and "% of the oracle" in cost.found and "$" in cost.found
@@ -341,24 +345,24 @@ def test_starter_fails_with_numbers():
 def test_good_router_with_report_passes():
     router = _lookup_router()
     test = mr.load_requests("test")
-    report = mr.reference_report(router(test), test)
-    assert mr.check_exercise({"router": router, "report": report}).passed
+    report = checks.reference_report(router(test), test)
+    assert checks.check_exercise({"router": router, "report": report}).passed
     wrong = dict(report, saving_usd=report["saving_usd"] * 1.5)
-    result = mr.check_exercise({"router": router, "report": wrong})
+    result = checks.check_exercise({"router": router, "report": wrong})
     assert not result.passed and "saving_usd" in result.checks[-1].found
 
 
 def test_router_sees_no_labels_and_errors_become_feedback():
-    result = mr.check_exercise({"router": mr.oracle_router, "report": {}})
+    result = checks.check_exercise({"router": mr.oracle_router, "report": {}})
     assert not result.passed and "labelled" in result.checks[0].found
-    assert not mr.check_exercise(None).passed
-    assert not mr.check_exercise({"router": 42, "report": {}}).passed
-    bad_length = mr.check_exercise({"router": lambda rs: ["small"], "report": {}})
+    assert not checks.check_exercise(None).passed
+    assert not checks.check_exercise({"router": 42, "report": {}}).passed
+    bad_length = checks.check_exercise({"router": lambda rs: ["small"], "report": {}})
     assert not bad_length.passed and "expected 264 routes" in bad_length.checks[0].found
 
 
 def test_rules_router_alone_is_not_enough():
-    result = mr.check_exercise({"router": mr.rules_router, "report": {}})
+    result = checks.check_exercise({"router": mr.rules_router, "report": {}})
     complex_check = next(c for c in result.checks if c.name == "complex requests sent to small")
     assert not complex_check.passed
 
@@ -367,4 +371,49 @@ def test_solution_mode_raises_on_failure():
     from labsupport import exercises as ex
 
     with pytest.raises(ex.ExerciseFailed):
-        mr.check_exercise({"router": mr.all_large, "report": {}}, solution_mode=True)
+        checks.check_exercise({"router": mr.all_large, "report": {}}, solution_mode=True)
+
+
+def test_failed_rows_name_the_input_and_a_reproduce_line_that_runs():
+    result = checks.check_exercise({"router": mr.rules_router, "report": {}})
+    row = next(c for c in result.checks if c.name == "complex requests sent to small")
+    assert "labels hidden" in row.hint and 'checks.outcome(my_answer["router"])' in row.hint
+    my_answer = {"router": mr.rules_router}
+    reproduced = eval(row.hint.split("Reproduce: ")[1],  # the line a learner pastes
+                      {"checks": checks, "mr": mr, "my_answer": my_answer})
+    assert reproduced.complex_to_small == 5 and reproduced.n_complex == 80
+    boom = checks.check_exercise({"router": lambda rs: 1 / 0, "report": {}})
+    assert boom.checks[0].name == "your code runs" and "ZeroDivisionError" in boom.checks[0].found
+    assert "checks.route_test_split(" in boom.checks[0].hint
+
+
+def test_a_report_that_raises_fails_only_its_row():
+    class Hostile(dict):
+        def get(self, key, default=None):
+            raise RuntimeError("no")
+
+    router = _lookup_router()
+    result = checks.check_exercise({"router": router, "report": Hostile()})
+    assert [c.passed for c in result.checks] == [True, True, True, False]
+    assert "RuntimeError" in result.checks[-1].found
+
+
+def test_explore_callback_moves_the_marker_and_summarises():
+    test = mr.load_requests("test")
+    lab = explore.build_lab(test, mr.labels_of(test).astype(float) * 0.8 + 0.1)
+    fig = explore.build_figure(lab, 0.5)
+    text = explore.update_figure(fig, lab, 0.5)  # the oracle's scores: α = 0.5 is the oracle
+    oracle = lab.points["oracle"]
+    assert fig.data[-1].x[0] == pytest.approx(oracle.daily_cost_usd)
+    assert "0/80 complex requests sent to small" in text and "30% to large" in text
+
+
+def test_bench_cli_prints_the_reference_routers(capsys):
+    assert bench.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:10].strip() for line in lines] == ["all large", "all small", "oracle", "rules"]
+    assert all("/day" in line and "complex→small" in line for line in lines)
+    table = bench.scenario_table()
+    assert table["oracle"].quality == 1.0 and table["all large"].share_large == 1.0
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from labsupport import model_routing as mr
+from labsupport.checks import model_routing as checks
 
 TARGET_RECALL = 0.99  # share of complex training requests that must go to the large model
 
@@ -39,4 +40,4 @@ def build_answer() -> dict[str, Any]:
     router, _ = build_router()
     test = mr.load_requests("test")
     routes = router(mr.without_labels(test))
-    return {"router": router, "report": mr.reference_report(routes, test)}
+    return {"router": router, "report": checks.reference_report(routes, test)}
