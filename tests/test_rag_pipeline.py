@@ -1,4 +1,5 @@
-"""Tests of labsupport.rag_pipeline (notebook 05) and its data set, data/hr_policies."""
+"""Tests of labsupport.rag_pipeline (notebook 05), its checks, explore and bench layers,
+and its data set, data/hr_policies."""
 
 import json
 import re
@@ -7,6 +8,9 @@ import numpy as np
 import pytest
 
 from labsupport import rag_pipeline as rag
+from labsupport.bench import rag_pipeline as bench
+from labsupport.checks import rag_pipeline as checks
+from labsupport.explore import rag_pipeline as explore
 
 DOCS = rag.load_handbook()
 BY_NAME = {d.name: d for d in DOCS}
@@ -31,7 +35,7 @@ def test_handbook_size_and_topics():
     assert sum(len(re.findall(r"policy, section \d", d.text)) for d in DOCS) >= 20  # x-refs
 
 
-QUESTIONS = rag.load_questions()
+QUESTIONS = explore.load_questions()
 
 
 def test_every_gold_span_exists_and_contains_its_answer():
@@ -55,7 +59,7 @@ def _paragraph_index():
     """Every paragraph of the handbook, its vector, and where each document's rows are."""
     rows, where = [], {}
     for d in DOCS:
-        spans = rag.paragraphs(d.text)
+        spans = bench.paragraphs(d.text)
         where[d.name] = (len(rows), [(d.name, a, b) for a, b in spans])
         rows += [d.text[a:b] for a, b in spans]
     return rows, where
@@ -65,7 +69,7 @@ def _gold_paragraphs(q, spans=None):
     """(doc, paragraph number) of every paragraph that overlaps one of the gold spans."""
     out = set()
     for s in spans or q.spans:
-        for j, (a, b) in enumerate(rag.paragraphs(BY_NAME[s.doc].text)):
+        for j, (a, b) in enumerate(bench.paragraphs(BY_NAME[s.doc].text)):
             if a < s.end and s.start < b:
                 out.add((s.doc, j))
     return out
@@ -117,9 +121,10 @@ def test_gold_spans_read_as_answers_to_their_questions():
 def test_seed_covers_what_the_notebook_checker_and_data_test_embed():
     seed = rag.load_seed()
     cache = rag.EmbeddingCache()
-    missing = [t for t in rag.seed_texts() if cache.key(t)[:rag.SEED_KEY_HEX] not in seed]
+    missing = [t for t in bench.seed_texts() if cache.key(t)[:rag.SEED_KEY_HEX] not in seed]
     assert not missing, (f"{len(missing)} texts are not in the seed: run "
-                         f"`python -m labsupport.rag_pipeline seed`; first: {missing[0][:80]!r}")
+                         "`python -m labsupport.bench.rag_pipeline seed`; "
+                         f"first: {missing[0][:80]!r}")
     assert rag.SEED_PATH.stat().st_size < 5e6  # a few MB: the repository stays small
     assert all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in list(seed.values())[:50])
 
@@ -128,7 +133,7 @@ def test_seed_agrees_with_the_live_model():
     from labsupport import embeddings
 
     seed = rag.load_seed()
-    texts = rag.seed_texts()
+    texts = bench.seed_texts()
     sample = [texts[i] for i in np.random.default_rng(0).choice(len(texts), 24, replace=False)]
     live = embeddings.embed(sample)
     stored = np.stack([seed[rag.EmbeddingCache().key(t)[:rag.SEED_KEY_HEX]] for t in sample])
@@ -231,9 +236,9 @@ def test_chunks_map_back_to_source_with_heading_path():
 
 def test_locate_maps_strings_and_rejects_rewritten_text():
     pieces = ["# Annual Leave", "Rest matters."]
-    assert rag.locate(SAMPLE, pieces) == [(0, 14), (16, 29)]
+    assert explore.locate(SAMPLE, pieces) == [(0, 14), (16, 29)]
     with pytest.raises(ValueError):
-        rag.locate(SAMPLE, ["Rest matters a lot."])
+        explore.locate(SAMPLE, ["Rest matters a lot."])
 
 
 # --- metrics against hand-worked examples -------------------------------------------
@@ -338,13 +343,13 @@ def test_llm_answer_speaks_openai_chat_completions():
 def test_checker_starter_fails_solution_passes(tmp_path, monkeypatch):
     from labsupport.solutions import rag_pipeline as key
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
-    starter = rag.check_exercise(rag.starter_chunker)
+    starter = checks.check_exercise(checks.starter_chunker)
     assert not starter.passed
     assert {c.name for c in starter.checks if not c.passed} >= {
         "no chunk over the model's limit", "IoU@5 above the fixed-size baseline"}
-    assert rag.check_exercise(key.my_chunker, solution_mode=True).passed
-    assert not rag.check_exercise(None).passed
-    assert not rag.check_exercise(lambda t: ["not in the handbook"]).passed
+    assert checks.check_exercise(key.my_chunker, solution_mode=True).passed
+    assert not checks.check_exercise(None).passed
+    assert not checks.check_exercise(lambda t: ["not in the handbook"]).passed
 
 
 # --- truncation and the explorer ----------------------------------------------------
@@ -354,37 +359,37 @@ def test_visible_parts_stop_at_the_models_limit():
     text = " ".join(f"word{i}" for i in range(400))  # far more than 254 word pieces
     doc = rag.Document("long.md", "# Long\n\n" + text)
     chunk = rag.make_chunks(doc, [(8, len(doc.text))])[0]
-    seen = rag.visible_parts([chunk])[0]
+    seen = explore.visible_parts([chunk])[0]
     assert rag.count_pieces([seen.text]) == [rag.MAX_TEXT_PIECES]
     assert doc.text[seen.start:seen.end] == seen.text and seen.end < chunk.end
-    assert rag.truncated_tail(chunk.text).strip() == doc.text[seen.end:].strip()
+    assert explore.truncated_tail(chunk.text).strip() == doc.text[seen.end:].strip()
     short = rag.make_chunks(doc, [(0, 6)])[0]
-    assert rag.visible_parts([short])[0] == short
+    assert explore.visible_parts([short])[0] == short
 
 
 def test_readable_gold_fraction_is_one_for_small_chunks_and_lower_for_the_starter():
     qs = [q for q in QUESTIONS if q.spans[0].doc == SAMPLE.name]
     small = rag.chunk_handbook([SAMPLE], lambda t: rag.structure_aware(t, 150))
-    assert rag.readable_gold_fraction(small, qs) == pytest.approx(1.0)
-    big = rag.learner_chunks([SAMPLE], rag.starter_chunker)
-    assert rag.readable_gold_fraction(big, qs) < 0.9
+    assert explore.readable_gold_fraction(small, qs) == pytest.approx(1.0)
+    big = checks.learner_chunks([SAMPLE], checks.starter_chunker)
+    assert explore.readable_gold_fraction(big, qs) < 0.9
 
 
 def test_sweep_explorer_reads_precomputed_results_and_redraws():
     cache = rag.EmbeddingCache(embed_fn=_fake_embed)
     qs = [q for q in QUESTIONS if q.spans[0].doc == SAMPLE.name]
-    results = rag.run_sweep([SAMPLE], qs, cache)
-    assert set(results) == set(rag.sweep_configs())
-    e = rag.evaluate("x", rag.sweep_chunking([SAMPLE], 400, 100), qs, cache)
+    results = explore.run_sweep([SAMPLE], qs, cache)
+    assert set(results) == set(explore.sweep_configs())
+    e = explore.evaluate("x", explore.sweep_chunking([SAMPLE], 400, 100), qs, cache)
     assert results[(400, 100)].iou == pytest.approx(e.iou)
     misses = cache.misses
-    fig = rag.sweep_figure()
-    text = rag.sweep_explorer(results, 400, 100, fig)
+    fig = explore.sweep_figure()
+    text = explore.sweep_explorer(results, 400, 100, fig)
     assert cache.misses == misses  # nothing embedded by the callback
     assert f"IoU@5 {e.iou:.3f}" in text
-    assert list(fig.data[0].x) == [s for s in rag.SWEEP_SIZES if s > 100]
+    assert list(fig.data[0].x) == [s for s in explore.SWEEP_SIZES if s > 100]
     assert list(fig.data[2].x) == [400] and fig.data[3].y[0] == pytest.approx(e.iou)
-    assert "not measured" in rag.sweep_explorer(results, 200, 200, fig)
+    assert "not measured" in explore.sweep_explorer(results, 200, 200, fig)
 
 
 def test_chroma_reindex_removes_chunks_of_an_old_version(tmp_path):
