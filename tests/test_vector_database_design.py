@@ -1,4 +1,5 @@
-"""Tests of labsupport.vector_database_design and its data set, data/tenants/.
+"""Tests of labsupport.vector_database_design (and its checks, explore, services layers)
+and its data set, data/tenants/.
 
 References are independent of the code under test: numpy argsort for exact search, a
 plain Python predicate for filters, Chroma's own answers for the store. Most tests use
@@ -17,6 +18,9 @@ import numpy as np
 import pytest
 
 from labsupport import vector_database_design as vdb
+from labsupport.checks import vector_database_design as checks
+from labsupport.explore import vector_database_design as explore
+from labsupport.services import vector_database_design as services
 
 DOCS = vdb.load_documents()
 
@@ -66,7 +70,7 @@ def test_topics_overlap_across_tenants_but_names_do_not():
     for tenant in vdb.TENANTS:
         other = next(t for t in vdb.TENANTS if t != tenant)
         own_text = " ".join(d.text for d in DOCS if d.tenant == tenant)
-        assert not any(term in own_text for term in vdb.COMPANY_TERMS[other])
+        assert not any(term in own_text for term in checks.COMPANY_TERMS[other])
 
 
 def test_no_document_uses_the_words_of_the_meaning_demo():
@@ -114,12 +118,12 @@ def _random_where(rng: random.Random):
 
 @pytest.fixture(scope="module")
 def location(tmp_path_factory):
-    return vdb.ChromaLocation(path=str(tmp_path_factory.mktemp("chroma")))
+    return services.ChromaLocation(path=str(tmp_path_factory.mktemp("chroma")))
 
 
 @pytest.fixture(scope="module")
 def shared(location):
-    return vdb.shared_collection(location, DOCS, FAKE, name="test-shared")
+    return explore.shared_collection(location, DOCS, FAKE, name="test-shared")
 
 
 def test_chroma_where_filters_equal_the_brute_force_evaluator(shared):
@@ -180,7 +184,7 @@ def test_a_store_refuses_writes_and_reads_outside_its_tenant(location):
 def test_the_missing_filter_leaks(shared):
     q = FAKE(["x"])[0]
     ids = shared.query(query_embeddings=[q.tolist()], n_results=20, include=[])["ids"][0]
-    assert vdb.leaks(ids, "northwind")  # without the filter both tenants come back
+    assert explore.leaks(ids, "northwind")  # without the filter both tenants come back
 
 
 # --- the embedder guard ---------------------------------------------------------------
@@ -221,12 +225,12 @@ def test_chroma_defaults_are_what_the_notebook_teaches(location):
 
 
 def test_hnsw_recall_against_exact_search(location):
-    vectors = vdb.clustered_vectors(3000, dimension=64, seed=5)
-    queries = vdb.clustered_vectors(40, dimension=64, seed=6)
-    points = vdb.sweep_ef_search(location.client(), vectors, queries, k=10, ef_values=(200,),
+    vectors = explore.clustered_vectors(3000, dimension=64, seed=5)
+    queries = explore.clustered_vectors(40, dimension=64, seed=6)
+    points = explore.sweep_ef_search(location.client(), vectors, queries, k=10, ef_values=(200,),
                                  prefix="test-hnsw")
     assert points[0].recall >= 0.95
-    front = vdb.pareto_frontier([vdb.exact_search_point(vectors, queries, 10), *points])
+    front = explore.pareto_frontier([explore.exact_search_point(vectors, queries, 10), *points])
     assert front and all(0 <= p.recall <= 1 and p.qps > 0 for p in front)
 
 
@@ -244,44 +248,44 @@ def _independent_recall(collection, vectors, queries, k=10):
 def test_recall_rises_with_ef_search(location):
     # A sparse graph (M=4, ef_construction 16) on 4,000 noisy 64-d vectors: with
     # ef_search 10 the search stops early and misses neighbours; 300 recovers them.
-    vectors = vdb.clustered_vectors(4000, dimension=64, seed=11)
-    queries = vdb.clustered_vectors(60, dimension=64, seed=12)
+    vectors = explore.clustered_vectors(4000, dimension=64, seed=11)
+    queries = explore.clustered_vectors(60, dimension=64, seed=12)
     sparse = {"max_neighbors": 4, "ef_construction": 16}
-    low, high = vdb.sweep_ef_search(location.client(), vectors, queries, k=10,
+    low, high = explore.sweep_ef_search(location.client(), vectors, queries, k=10,
                                     ef_values=(10, 300), prefix="test-ef-rise", hnsw=sparse)
     assert (low.ef_search, high.ef_search) == (10, 300)
     assert high.recall >= low.recall + 0.3, (low, high)
     # the same numbers from ids and numpy, independent of recall_at_k and exact_top_k
     client = location.client()
-    by_ids = [_independent_recall(client.get_collection(vdb.sweep_collection_name("test-ef-rise", ef)),
+    by_ids = [_independent_recall(client.get_collection(explore.sweep_collection_name("test-ef-rise", ef)),
                                   vectors, queries) for ef in (10, 300)]
     assert by_ids[1] >= by_ids[0] + 0.3, by_ids
     assert abs(by_ids[0] - low.recall) < 0.05 and abs(by_ids[1] - high.recall) < 0.05
     # each collection really carries its ef_search, and the others the settings asked for
-    config = client.get_collection(vdb.sweep_collection_name("test-ef-rise", 10)).configuration["hnsw"]
+    config = client.get_collection(explore.sweep_collection_name("test-ef-rise", 10)).configuration["hnsw"]
     assert (config["ef_search"], config["max_neighbors"], config["ef_construction"]) == (10, 4, 16)
 
 
 def test_modify_does_not_reach_the_loaded_index_in_embedded_chroma(location):
     """Why the sweep makes one collection per ef_search (a Chroma 1.5 fact the notebook
     teaches): modify records the value, the loaded index keeps searching with the old one."""
-    vectors = vdb.clustered_vectors(4000, dimension=64, seed=11)
-    queries = vdb.clustered_vectors(60, dimension=64, seed=12)
+    vectors = explore.clustered_vectors(4000, dimension=64, seed=11)
+    queries = explore.clustered_vectors(60, dimension=64, seed=12)
     sparse = {"max_neighbors": 4, "ef_construction": 16}
-    low, = vdb.sweep_ef_search(location.client(), vectors, queries, k=10, ef_values=(10,),
+    low, = explore.sweep_ef_search(location.client(), vectors, queries, k=10, ef_values=(10,),
                                prefix="test-modify", hnsw=sparse)
-    collection = location.client().get_collection(vdb.sweep_collection_name("test-modify", 10))
+    collection = location.client().get_collection(explore.sweep_collection_name("test-modify", 10))
     collection.modify(configuration={"hnsw": {"ef_search": 300}})
     assert collection.configuration["hnsw"]["ef_search"] == 300
     truth = [vdb.exact_top_k(vectors, q, 10)[1] for q in queries]
-    after = vdb.measure_search(collection, queries, truth, 10)
+    after = explore.measure_search(collection, queries, truth, 10)
     assert abs(after.recall - low.recall) < 0.02, (low, after)
 
 
 def test_pareto_frontier_drops_dominated_points():
-    pts = [vdb.SweepPoint("a", 1, 0.5, 100), vdb.SweepPoint("b", 2, 0.9, 50),
-           vdb.SweepPoint("c", 3, 0.4, 40), vdb.SweepPoint("d", 4, 1.0, 10)]
-    assert [p.method for p in vdb.pareto_frontier(pts)] == ["a", "b", "d"]
+    pts = [explore.SweepPoint("a", 1, 0.5, 100), explore.SweepPoint("b", 2, 0.9, 50),
+           explore.SweepPoint("c", 3, 0.4, 40), explore.SweepPoint("d", 4, 1.0, 10)]
+    assert [p.method for p in explore.pareto_frontier(pts)] == ["a", "b", "d"]
 
 
 # --- persistence and server mode ------------------------------------------------------
@@ -289,13 +293,13 @@ def test_pareto_frontier_drops_dominated_points():
 
 def test_data_survives_reopening_a_persistent_client(tmp_path):
     write = (
-        "from labsupport import vector_database_design as vdb\n"
-        f"c = vdb.ChromaLocation(path={str(tmp_path)!r}).client()\n"
+        "from labsupport.services import vector_database_design as services\n"
+        f"c = services.ChromaLocation(path={str(tmp_path)!r}).client()\n"
         "col = c.get_or_create_collection('persisted', embedding_function=None)\n"
         "col.upsert(ids=['a', 'b'], embeddings=[[1.0, 0.0], [0.0, 1.0]], metadatas=[{'tenant': 'x'}, {'tenant': 'y'}])\n")
     read = (
-        "from labsupport import vector_database_design as vdb\n"
-        f"c = vdb.ChromaLocation(path={str(tmp_path)!r}).client()\n"
+        "from labsupport.services import vector_database_design as services\n"
+        f"c = services.ChromaLocation(path={str(tmp_path)!r}).client()\n"
         "print(sorted(c.get_collection('persisted').get(where={'tenant': 'y'})['ids']))\n")
     subprocess.run([sys.executable, "-c", write], check=True, timeout=120)
     out = subprocess.run([sys.executable, "-c", read], check=True, timeout=120,
@@ -304,7 +308,7 @@ def test_data_survives_reopening_a_persistent_client(tmp_path):
 
 
 def test_tenant_store_against_a_real_chroma_server_on_loopback():
-    server = vdb.start_chroma_server()
+    server = services.start_chroma_server()
     try:
         assert server.url.startswith("http://127.0.0.1:")
         docs = [d for d in DOCS if d.topic in ("vpn", "expenses")]
@@ -329,10 +333,10 @@ def test_meaning_not_words_embedding_finds_the_password_documents_keywords_do_no
     for text in ("How do I reset my password?", "I forgot my login"):
         idx, _ = vdb.exact_top_k(vectors, embedder(text)[0], 5)
         assert [DOCS[i].topic for i in idx] == ["password_reset"] * 5, text
-    by_words = vdb.keyword_top_k(DOCS, "How do I reset my password?", 5)
+    by_words = explore.keyword_top_k(DOCS, "How do I reset my password?", 5)
     assert [DOCS[i].topic for i in by_words] == ["password_reset"] * 5
     # "forgot" and "login" appear in no document: word matching finds nothing at all
-    assert vdb.keyword_top_k(DOCS, "I forgot my login", 5) == []
+    assert explore.keyword_top_k(DOCS, "I forgot my login", 5) == []
 
 
 # --- the exercise checker -------------------------------------------------------------
@@ -341,7 +345,7 @@ def test_meaning_not_words_embedding_finds_the_password_documents_keywords_do_no
 @pytest.fixture(scope="module")
 def scenario(location):
     """The checker's scenario with the hash embedder: same checks, no 0.8 GB model."""
-    return vdb.build_scenario(FAKE, OTHER, location)
+    return checks.build_scenario(FAKE, OTHER, location)
 
 
 @pytest.fixture()
@@ -354,7 +358,7 @@ def _failed(result):
 
 
 def test_checker_fails_the_starter_and_names_a_leaked_document(scenario, progress):
-    result = vdb.check_exercise(vdb.starter_tenant_query, scenario=scenario)
+    result = checks.check_exercise(checks.starter_tenant_query, scenario=scenario)
     assert not result.passed
     failed = _failed(result)
     isolation = next(c for name, c in failed.items() if "cross-tenant" in name)
@@ -372,7 +376,7 @@ def test_checker_fails_the_starter_and_names_a_leaked_document(scenario, progres
 def test_checker_passes_the_reference_solution(scenario, progress):
     from labsupport.solutions import vector_database_design as answer_key
 
-    result = vdb.check_exercise(answer_key.tenant_query, scenario=scenario, solution_mode=True)
+    result = checks.check_exercise(answer_key.tenant_query, scenario=scenario, solution_mode=True)
     assert result.passed, [(c.name, c.found) for c in result.checks]
     assert len(result.checks) == 4
 
@@ -390,16 +394,16 @@ def test_checker_catches_post_filtering_and_a_missing_where(scenario, progress):
                                where=where, include=[])["ids"][0]
         return [i for i in ids if i.startswith(tenant + "-")]  # no leak, but too few
 
-    ignoring_where = _failed(vdb.check_exercise(post_filter, scenario=scenario))
+    ignoring_where = _failed(checks.check_exercise(post_filter, scenario=scenario))
     assert any("date-range" in name for name in ignoring_where)
-    dropping = _failed(vdb.check_exercise(top_k_then_drop, scenario=scenario))
+    dropping = _failed(checks.check_exercise(top_k_then_drop, scenario=scenario))
     assert not any("cross-tenant" in name for name in dropping)
     assert any("recall" in name for name in dropping)
 
 
 @pytest.mark.parametrize("answer", [None, 42, "tenant_query"])
 def test_checker_turns_a_non_function_into_feedback(scenario, progress, answer):
-    result = vdb.check_exercise(answer, scenario=scenario)
+    result = checks.check_exercise(answer, scenario=scenario)
     assert not result.passed and len(result.checks) == 1
     assert "function" in result.checks[0].name
 
@@ -412,8 +416,33 @@ def test_checker_turns_exceptions_and_wrong_returns_into_feedback(scenario, prog
         return None
 
     for answer, expected in ((crashes, "KeyError"), (returns_none, "list of ids")):
-        result = vdb.check_exercise(answer, scenario=scenario)  # must not raise
+        result = checks.check_exercise(answer, scenario=scenario)  # must not raise
         assert not result.passed
         assert any(expected in c.found for c in result.checks), [c.found for c in result.checks]
     with pytest.raises(AssertionError):  # solution mode makes a failure loud
-        vdb.check_exercise(crashes, scenario=scenario, solution_mode=True)
+        checks.check_exercise(crashes, scenario=scenario, solution_mode=True)
+
+
+def test_checker_judges_each_row_on_its_own(scenario, progress):
+    from labsupport.solutions import vector_database_design as answer_key
+
+    def breaks_on_filters(collection, tenant, query_embedding, embedder, k=5, where=None):
+        if where is not None:
+            raise KeyError("where")
+        return answer_key.tenant_query(collection, tenant, query_embedding, embedder, k=k)
+
+    result = checks.check_exercise(breaks_on_filters, scenario=scenario)
+    assert not result.passed and len(result.checks) == 4
+    rows = {c.name: c for c in result.checks}
+    isolation = next(c for name, c in rows.items() if "cross-tenant" in name)
+    assert not isolation.passed and "KeyError" in isolation.found
+    assert "Reproduce: checks.check_isolation(my_answer, seed=2024)" in isolation.hint
+    assert not next(c for name, c in rows.items() if "date-range" in name).passed
+    assert next(c for name, c in rows.items() if "recall" in name).passed  # where=None only
+    assert rows[checks.GUARD_ROW].passed
+
+
+def test_chroma_server_cli_help():
+    out = subprocess.run([sys.executable, "-m", "labsupport.services.vector_database_design",
+                          "--help"], check=True, timeout=60, capture_output=True, text=True)
+    assert "--port" in out.stdout and "--path" in out.stdout
