@@ -1,4 +1,5 @@
-"""Tests of labsupport.ai_observability against hand-computed traces, numpy and theory."""
+"""Tests of notebook 06's modules (labsupport.ai_observability and its checks, explore and
+services layers) against hand-computed traces, numpy and theory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 
 from labsupport import ai_observability as obs
+from labsupport.checks import ai_observability as checks
+from labsupport.explore import ai_observability as explore
+from labsupport.services import ai_observability as services
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +93,7 @@ def test_workload_statistics():
 
 
 def test_prometheus_documentation_example():
-    ex = obs.prometheus_docs_example()
+    ex = explore.prometheus_docs_example()
     assert ex["spike_220ms_histogram_p95_s"] == pytest.approx(0.295)
     assert ex["spike_220ms_true_p95_s"] == pytest.approx(0.220)
     assert ex["spike_320ms_histogram_p95_s"] == pytest.approx(0.4425)
@@ -122,7 +126,7 @@ def test_histogram_quantile_against_numpy_on_fine_buckets():
 
 
 def test_averaging_p99s_is_wrong():
-    ex = obs.averaging_p99_example()
+    ex = explore.averaging_p99_example()
     assert ex["mean_of_p99s_s"] == pytest.approx(0.505)
     assert ex["pooled_p99_s"] == pytest.approx(1.0)
 
@@ -144,7 +148,7 @@ def test_littles_law_on_simulated_runs(rate, slots):
     assert in_flight.mean() == pytest.approx(law["lambda_times_w"], rel=0.01)
     assert law["mean_in_flight"] == pytest.approx(law["lambda_times_w"], rel=1e-9)
     # The same from scraped gauges (waiting + running), sampled once a second.
-    scrapes = obs.scrapes_from_simulation(sim, 0.25)
+    scrapes = services.scrapes_from_simulation(sim, 0.25)
     samples = [(s["t_s"], s[obs.WAITING_METRIC] + s[obs.RUNNING_METRIC]) for s in scrapes]
     sampled = obs.littles_law(sim.records, samples)["mean_in_flight"]
     assert sampled == pytest.approx(law["lambda_times_w"], rel=0.05)
@@ -168,7 +172,7 @@ def test_overload_grows_the_queue_not_the_throughput():
 
 def test_synthetic_scrapes_match_brute_force():
     sim = obs.simulate(obs.make_workload(6.0, 20.0, 4), obs.EngineConfig())
-    scrapes = obs.scrapes_from_simulation(sim, 1.0)
+    scrapes = services.scrapes_from_simulation(sim, 1.0)
     last = scrapes[-1]
     assert last[obs.TTFT_METRIC]["count"] == len(sim.records)
     assert last[obs.TOKENS_METRIC] == sum(r.output_tokens for r in sim.records)
@@ -184,9 +188,9 @@ def test_synthetic_scrapes_match_brute_force():
 
 @pytest.fixture(scope="module")
 def server():
-    handle = obs.start_server(obs.EngineConfig(slots=4), speed=50.0)
+    handle = services.start_server(obs.EngineConfig(slots=4), speed=50.0)
     yield handle
-    obs.stop_server()
+    services.stop_server()
 
 
 def test_server_streams_tokens_over_http(server):
@@ -214,7 +218,7 @@ def test_bad_requests_get_422(server):
 
 def test_metrics_endpoint_uses_otel_names_and_buckets(server):
     text = httpx.get(f"{server.url}/metrics").text
-    parsed = obs.parse_metrics(text)
+    parsed = services.parse_metrics(text)
     # Boundaries as given by the OpenTelemetry GenAI semantic conventions.
     assert parsed[obs.TTFT_METRIC]["le"] == [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
                                              0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf]
@@ -230,7 +234,7 @@ def test_metrics_endpoint_uses_otel_names_and_buckets(server):
 
 def test_http_run_equals_offline_simulation(server):
     work = obs.make_workload(8.0, 4.0, seed=9)
-    run = obs.run_load(server.url, work, scrape_every_s=0.5)
+    run = services.run_load(server.url, work, scrape_every_s=0.5)
     sim = obs.simulate(work, server.config)
     assert run.late_requests == 0
     for got, want in zip(run.records, sim.records, strict=True):
@@ -243,11 +247,11 @@ def test_http_run_equals_offline_simulation(server):
 
 
 def test_starting_again_stops_the_previous_server():
-    first = obs.start_server(speed=50.0)
-    second = obs.start_server(speed=50.0)
+    first = services.start_server(speed=50.0)
+    second = services.start_server(speed=50.0)
     assert not first._thread.is_alive()
     assert httpx.get(f"{second.url}/health").json() == {"status": "ok"}
-    obs.stop_server()
+    services.stop_server()
     assert not second._thread.is_alive()
 
 
@@ -256,27 +260,27 @@ def test_starting_again_stops_the_previous_server():
 
 def test_dashboard_series_and_callback():
     sim = obs.simulate(obs.make_workload(6.5, 40.0, 1), obs.EngineConfig())
-    series = obs.dashboard_series(obs.scrapes_from_simulation(sim, 1.0))
+    series = explore.dashboard_series(services.scrapes_from_simulation(sim, 1.0))
     # Overload: TTFT p99 from the buckets is capped at 10 s by the +Inf bucket rule,
     # while the exact p99 is above it.
     assert np.nanmax(series["ttft_p99_s"]) == 10.0
     assert obs.summarize(sim.records)["ttft_p99_s"] > 10.0
-    fig = obs.dashboard_figure(series)
-    text = obs.explore(fig, offered_load=3.0, slots=8)
+    fig = explore.dashboard_figure(series)
+    text = explore.explore(fig, offered_load=3.0, slots=8)
     assert "3.0 req/s" in text and len(fig.data) == 6
 
 
 def test_solution_passes_and_starter_fails():
     from labsupport.solutions import ai_observability as key
 
-    assert obs.check_exercise(key.diagnose).passed
+    assert checks.check_exercise(key.diagnose).passed
 
     def starter(records, scrapes):
         latency = np.mean([r.token_times_s[-1] - r.start_s for r in records])
         return {"mean_latency_s": latency,
                 "cpu_percent": np.mean([s["cpu_percent"] for s in scrapes])}
 
-    result = obs.check_exercise(starter)
+    result = checks.check_exercise(starter)
     assert not result.passed
     assert any("missing" in c.found for c in result.checks)
 
@@ -284,7 +288,29 @@ def test_solution_passes_and_starter_fails():
         answer = key.diagnose(records, scrapes)
         return {**answer, "cause": "queueing for batch slots", "metric": obs.WAITING_METRIC}
 
-    failed = [c.name for c in obs.check_exercise(always_queueing).checks if not c.passed]
-    assert failed == ["diagnosis of 3 unseen incidents"]
-    assert not obs.check_exercise(None).passed
-    assert not obs.check_exercise(lambda r, s: 1 / 0).passed
+    failed = [c.name for c in checks.check_exercise(always_queueing).checks if not c.passed]
+    assert failed == [f"diagnosis of an unseen incident ({kind})"
+                      for kind in ("slow decode", "long prompts", "network")]
+    assert not checks.check_exercise(None).passed
+    assert not checks.check_exercise(lambda r, s: 1 / 0).passed
+
+
+def test_one_incident_that_raises_fails_only_its_own_row():
+    import statistics
+
+    from labsupport.solutions import ai_observability as key
+
+    def breaks_on_long_prompts(records, scrapes):
+        if np.median([r.prompt_tokens for r in records]) > 2000:
+            statistics.mean([])  # raises StatisticsError
+        return key.diagnose(records, scrapes)
+
+    result = checks.check_exercise(breaks_on_long_prompts)
+    failed = [c for c in result.checks if not c.passed]
+    assert [c.name for c in failed] == ["diagnosis of an unseen incident (long prompts)"]
+    assert failed[0].found.startswith("StatisticsError")
+    assert "long prompts, seed 13" in failed[0].hint
+    # The reproduce line, pasted into a cell, raises the same error.
+    reproduce = failed[0].hint.split("Reproduce: ", 1)[1]
+    with pytest.raises(statistics.StatisticsError):
+        exec(reproduce, {"checks": checks, "my_answer": breaks_on_long_prompts})

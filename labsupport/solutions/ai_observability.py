@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from labsupport import ai_observability as obs
+from labsupport.checks import ai_observability as checks
 
 
 def diagnose(records: list[obs.RequestRecord], scrapes: list[dict[str, Any]]) -> dict:
@@ -46,5 +47,5 @@ def diagnose(records: list[obs.RequestRecord], scrapes: list[dict[str, Any]]) ->
         "e2e_p99_s": float(np.percentile(e2es, 99)),
         "peak_queue_depth": float(peak_queue),
         "cause": cause,
-        "metric": obs.EVIDENCE[cause],
+        "metric": checks.EVIDENCE[cause],
     }
