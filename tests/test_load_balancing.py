@@ -1,4 +1,5 @@
-"""Tests of labsupport.load_balancing against independent references.
+"""Tests of labsupport.load_balancing (and its checks, explore and bench layers) against
+independent references.
 
 Queueing theory (M/M/1, Erlang C, Mitzenmacher's supermarket model), a brute-force FCFS
 replay, SimPy, and the exercise checker's verdicts. Fixed seeds throughout; the whole
@@ -13,6 +14,9 @@ import numpy as np
 import pytest
 
 from labsupport import load_balancing as lb
+from labsupport.bench import load_balancing as bench
+from labsupport.checks import load_balancing as checks
+from labsupport.explore import load_balancing as explore
 from labsupport.solutions import load_balancing as solution
 
 TOLERANCE = 0.05  # the issue's bar: simulation within 5% of theory
@@ -37,21 +41,21 @@ def mmc_by_balance_equations(lam: float, mu: float, c: int, states: int = 3000) 
 
 @pytest.mark.parametrize("lam,c", [(0.9, 1), (9.0, 10), (3.5, 4), (0.5, 2)])
 def test_erlang_c_matches_the_birth_death_chain(lam: float, c: int) -> None:
-    assert lb.mmc_mean_time(lam, 1.0, c) == pytest.approx(mmc_by_balance_equations(lam, 1.0, c),
+    assert checks.mmc_mean_time(lam, 1.0, c) == pytest.approx(mmc_by_balance_equations(lam, 1.0, c),
                                                           rel=1e-9)
 
 
 def test_theory_numbers_quoted_in_the_notebook() -> None:
-    assert lb.mm1_mean_time(0.9, 1.0) == pytest.approx(10.0)
-    assert lb.mm1_mean_time(0.9 * 3, 3.0) == pytest.approx(10 / 3)  # W = 10/mu at rho 0.9
-    assert lb.mmc_mean_time(9.0, 1.0, 10) == pytest.approx(1.669, abs=5e-4)
-    assert lb.supermarket_mean_time(0.9, 1) == pytest.approx(10.0)
-    assert lb.supermarket_mean_time(0.99, 1) == pytest.approx(100.0)
-    assert lb.supermarket_mean_time(0.9, 2) == pytest.approx(2.614, abs=5e-4)
-    assert lb.supermarket_mean_time(0.99, 2) == pytest.approx(5.432, abs=5e-4)
+    assert checks.mm1_mean_time(0.9, 1.0) == pytest.approx(10.0)
+    assert checks.mm1_mean_time(0.9 * 3, 3.0) == pytest.approx(10 / 3)  # W = 10/mu at rho 0.9
+    assert checks.mmc_mean_time(9.0, 1.0, 10) == pytest.approx(1.669, abs=5e-4)
+    assert checks.supermarket_mean_time(0.9, 1) == pytest.approx(10.0)
+    assert checks.supermarket_mean_time(0.99, 1) == pytest.approx(100.0)
+    assert checks.supermarket_mean_time(0.9, 2) == pytest.approx(2.614, abs=5e-4)
+    assert checks.supermarket_mean_time(0.99, 2) == pytest.approx(5.432, abs=5e-4)
     # d = 2 from the fixed point of the mean-field ODE: s_i = lam^(2^i - 1), T = sum s_i / lam.
     tails = [0.9 ** (2 ** i - 1) for i in range(1, 40)]
-    assert lb.supermarket_mean_time(0.9, 2) == pytest.approx(sum(tails) / 0.9, rel=1e-12)
+    assert checks.supermarket_mean_time(0.9, 2) == pytest.approx(sum(tails) / 0.9, rel=1e-12)
 
 
 # --- the simulator against queueing theory ---------------------------------------------
@@ -60,7 +64,7 @@ def test_theory_numbers_quoted_in_the_notebook() -> None:
 def test_mm1_at_rho_09() -> None:
     cluster = lb.Cluster(n_servers=1, arrival_rate=0.9)  # mu = 1: W = 10
     result = lb.simulate(cluster, lb.round_robin, 1_500_000, seed=3, warmup=20_000)
-    assert within(result.mean(), lb.mm1_mean_time(0.9, 1.0)), result.mean()
+    assert within(result.mean(), checks.mm1_mean_time(0.9, 1.0)), result.mean()
 
 
 def test_mmc_erlang_c_and_the_case_for_pooling() -> None:
@@ -68,7 +72,7 @@ def test_mmc_erlang_c_and_the_case_for_pooling() -> None:
     w_pooled = lb.simulate(pooled, lb.round_robin, 600_000, seed=4, warmup=20_000).mean()
     assert within(w_pooled, 1.669), w_pooled
     separate = lb.Cluster(n_servers=10, arrival_rate=9.0)  # ten queues, random split
-    w_separate = lb.long_run_mean_latency(separate, lb.random_choice, 5_000_000, seed=4,
+    w_separate = checks.long_run_mean_latency(separate, lb.random_choice, 5_000_000, seed=4,
                                           warmup=100_000)
     assert within(w_separate, 10.0), w_separate
     assert w_separate / w_pooled > 5
@@ -77,16 +81,16 @@ def test_mmc_erlang_c_and_the_case_for_pooling() -> None:
 def test_supermarket_d1_at_09_with_the_event_simulator() -> None:
     cluster = lb.Cluster(n_servers=10, arrival_rate=9.0)  # lam = 0.9 per server
     result = lb.simulate(cluster, lb.random_choice, 1_500_000, seed=5, warmup=50_000)
-    assert within(result.mean(), lb.supermarket_mean_time(0.9, 1)), result.mean()
+    assert within(result.mean(), checks.supermarket_mean_time(0.9, 1)), result.mean()
 
 
 def test_supermarket_d1_at_099() -> None:
     # At 99% a single queue relaxes over ~4*10^4 time units and its mean is 100: it takes
     # ~10^8 requests to pin it to a few percent, hence the vectorized path.
     cluster = lb.Cluster(n_servers=1, arrival_rate=0.99)
-    mean = lb.long_run_mean_latency(cluster, lb.random_choice, 100_000_000, seed=1,
+    mean = checks.long_run_mean_latency(cluster, lb.random_choice, 100_000_000, seed=1,
                                     warmup=1_000_000)
-    assert within(mean, lb.supermarket_mean_time(0.99, 1)), mean
+    assert within(mean, checks.supermarket_mean_time(0.99, 1)), mean
 
 
 @pytest.mark.parametrize("lam,n_requests,warmup", [(0.9, 400_000, 50_000),
@@ -96,7 +100,7 @@ def test_supermarket_d2(lam: float, n_requests: int, warmup: int) -> None:
     # simulation sits about 10% above it).
     cluster = lb.Cluster(n_servers=1000, arrival_rate=lam * 1000)
     result = lb.simulate(cluster, lb.power_of_two, n_requests, seed=0, warmup=warmup)
-    assert within(result.mean(), lb.supermarket_mean_time(lam, 2)), result.mean()
+    assert within(result.mean(), checks.supermarket_mean_time(lam, 2)), result.mean()
 
 
 # --- the simulator against brute force and SimPy -----------------------------------------
@@ -129,14 +133,14 @@ def test_fcfs_with_workers_matches_brute_force(policy: lb.Policy) -> None:
 def test_vectorized_path_gives_the_event_simulators_latencies() -> None:
     cluster = lb.Cluster(n_servers=4, arrival_rate=3.2, speeds=(1.0, 1.0, 0.8, 1.2))
     event = lb.simulate(cluster, lb.round_robin, 20_000, seed=9)
-    mean = lb.long_run_mean_latency(cluster, lb.round_robin, 20_000, seed=9)
+    mean = checks.long_run_mean_latency(cluster, lb.round_robin, 20_000, seed=9)
     assert mean == pytest.approx(event.mean(), rel=1e-12)
 
 
 def test_simpy_model_agrees_request_by_request() -> None:
     cluster = lb.Cluster(n_servers=5, workers=2, arrival_rate=8.0)
     ours = lb.simulate(cluster, lb.least_connections, 5000, seed=2).latency
-    theirs = lb.simulate_simpy(cluster, lb.least_connections, 5000, seed=2)
+    theirs = bench.simulate_simpy(cluster, lb.least_connections, 5000, seed=2)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
 
 
@@ -162,14 +166,14 @@ def test_least_connections_picks_the_fewest_in_flight() -> None:
 
 
 def test_least_connections_beats_round_robin_with_a_slow_server() -> None:
-    rr = lb.noon_report(lb.round_robin, lb.NOON, seed=1, n_requests=10_000)
-    lc = lb.noon_report(lb.least_connections, lb.NOON, seed=1, n_requests=10_000)
+    rr = checks.noon_report(lb.round_robin, checks.NOON, seed=1, n_requests=10_000)
+    lc = checks.noon_report(lb.least_connections, checks.NOON, seed=1, n_requests=10_000)
     assert rr.slow_server_share == pytest.approx(0.1, abs=0.001)
     assert lc.slow_server_share < 0.04 and lc.p99_slow_fleet < rr.p99_slow_fleet / 10
 
 
 def test_scenario_leaves_the_healthy_servers_room() -> None:
-    for scenario in (lb.NOON, lb._UNSEEN):
+    for scenario in (checks.NOON, checks.UNSEEN):
         assert scenario.healthy_only_utilization() < 0.70
 
 
@@ -178,10 +182,10 @@ def test_scenario_leaves_the_healthy_servers_room() -> None:
 
 def test_latency_outlier_is_ejected_for_growing_times() -> None:
     od = lb.OutlierDetection(interval=2.0, latency_factor=3.0, base_ejection_time=10.0)
-    cluster = lb.NOON.cluster(slow=True)
+    cluster = checks.NOON.cluster(slow=True)
     result = lb.simulate(cluster, lb.Balancer(lb.least_connections, od), 60_000, seed=1)
     ejections = [(s, a, u) for s, a, u in result.ejections]
-    assert ejections and all(s == lb.NOON.slow_server for s, _, _ in ejections)
+    assert ejections and all(s == checks.NOON.slow_server for s, _, _ in ejections)
     lengths = [u - a for _, a, u in ejections[:-1]]  # the last one may be cut by the end
     assert len(lengths) >= 2 and lengths[1] > lengths[0]  # base x number of ejections
     assert lengths[0] == pytest.approx(10.0, abs=od.interval)
@@ -212,25 +216,44 @@ def test_panic_threshold_routes_to_every_host() -> None:
 
 def test_starter_fails_and_solution_passes(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
-    starter = lb.check_exercise(lb.round_robin)
+    starter = checks.check_exercise(lb.round_robin)
     assert not starter.passed and any("%" in c.found for c in starter.checks)
-    assert not lb.check_exercise(lb.least_connections).passed  # not enough on its own
-    assert lb.check_exercise(solution.answer, solution_mode=True).passed
+    assert not checks.check_exercise(lb.least_connections).passed  # not enough on its own
+    assert checks.check_exercise(solution.answer, solution_mode=True).passed
 
 
 def test_checker_turns_bad_answers_into_feedback(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
-    assert not lb.check_exercise(None).passed
-    crashed = lb.check_exercise(lambda view: 1 / 0)
+    assert not checks.check_exercise(None).passed
+    crashed = checks.check_exercise(lambda view: 1 / 0)
     assert "ZeroDivisionError" in crashed.checks[0].found
-    dropping = lb.check_exercise(lambda view: 99)  # no such server: every request dropped
+    dropping = checks.check_exercise(lambda view: 99)  # no such server: every request dropped
     assert not dropping.passed
     dropped = next(c for c in dropping.checks if c.name == "no request dropped")
     assert not dropped.passed and "dropped" in dropped.found
 
 
 def test_explore_callback_updates_the_figure() -> None:
-    fig = lb.explore_figure()
-    summary = lb.update_explore(fig, traffic=3.0, policy="least-connections", n_servers=6)
+    fig = explore.explore_figure()
+    summary = explore.update_explore(fig, traffic=3.0, policy="least-connections", n_servers=6)
     assert "least-connections" in summary and "s3" in summary
     assert len(fig.data[1].y) == 6 and not math.isnan(fig.data[2].y[3])
+
+
+def test_a_case_that_raises_fails_only_its_rows(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
+
+    def fails_on_eight_servers(view: lb.View) -> int:  # only the unseen variant has 8
+        if view.n_servers == 8:
+            raise RuntimeError("eight servers")
+        return lb.least_connections(view)
+
+    result = checks.check_exercise(fails_on_eight_servers)
+    rows = {c.name: c for c in result.checks}
+    unseen = [c for name, c in rows.items() if name.startswith(checks.UNSEEN.name)]
+    noon = [c for name, c in rows.items() if name.startswith(checks.NOON.name)]
+    assert len(unseen) == 2 and all("RuntimeError" in c.found for c in unseen)
+    assert "checks.noon_report(my_answer, checks.UNSEEN, seed=11)" in unseen[0].hint
+    assert len(noon) == 2 and not any("RuntimeError" in c.found for c in noon)
+    assert "%" in noon[1].found  # judged on its numbers: least-connections is not enough
+    assert "3 runs raised" in rows["no request dropped"].found
