@@ -44,8 +44,13 @@ setup: $(DEPS) model
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) notebooks/00_start_here.ipynb
 
+# Two workers (pytest-xdist): notebook runs, browser tests and the Binder install wait on
+# processes much of the time, so two of them share a 2-core machine well. The browser tests
+# share one JupyterLab and stay on one worker (--dist loadgroup). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+
 test: setup chromium
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 # The browser tests drive Debian's Chromium (Playwright's own download is not possible
 # offline). Installed when missing and we may; without it those tests are skipped.

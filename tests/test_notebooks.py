@@ -7,6 +7,7 @@ pass none of them.
 Each run's wall time and peak kernel memory go to build/notebook_runs.json.
 """
 
+import fcntl
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -25,9 +26,12 @@ WITH_EXERCISE = [p for p in ALL if p.stem in exercises.EXERCISE_IDS]
 
 def _record(record: RunRecord) -> None:
     RECORDS.parent.mkdir(exist_ok=True)
-    runs = json.loads(RECORDS.read_text()) if RECORDS.exists() else []
-    runs = [r for r in runs if (r["notebook"], r["parameters"]) != (record.notebook, record.parameters)]
-    RECORDS.write_text(json.dumps([*runs, asdict(record)], indent=2))
+    with open(RECORDS.with_suffix(".lock"), "w") as lock:  # tests may run in parallel
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(RECORDS.read_text()) if RECORDS.exists() else []
+        runs = [r for r in runs
+                if (r["notebook"], r["parameters"]) != (record.notebook, record.parameters)]
+        RECORDS.write_text(json.dumps([*runs, asdict(record)], indent=2))
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)

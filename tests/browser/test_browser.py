@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SCREENSHOTS, Lab
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+# One JupyterLab serves every browser test: under `pytest -n 2` they stay on one worker.
+pytestmark = pytest.mark.xdist_group("browser")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 RUN_ALL_TIMEOUT_MS = 180_000  # a notebook's budget is 45 s; the browser adds rendering
 WIDGET_FAILURES = ("Error displaying widget", "Loading widget...")
@@ -26,6 +29,8 @@ ALL_SETTLED_JS = """() => {
   return prompts.length > 0 && !prompts.some(t => t.includes('*'))
       && prompts.some(t => /\\[\\d+\\]/.test(t));
 }"""
+STARTED_JS = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+  .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"""
 PLOTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(p => ({
   drawn: p.querySelector('svg.main-svg') !== null,
   svg: [...p.querySelectorAll('svg.main-svg')].map(s => s.innerHTML).join('')}))"""
@@ -100,9 +105,22 @@ def _open(page, lab: Lab, notebook: str) -> Screen:
 
 
 def _run_all(screen: Screen) -> None:
-    screen.menu("Run", "Run All Cells")
-    screen.page.wait_for_timeout(1000)  # let the cells queue ("[*]") before polling
-    screen.page.wait_for_function(ALL_SETTLED_JS, timeout=RUN_ALL_TIMEOUT_MS, polling=500)
+    # On a busy machine a menu click can land before JupyterLab listens: if no cell has
+    # started ("[*]" or "[n]") after 30 s, click Run All once more before judging.
+    for attempt in (1, 2):
+        screen.menu("Run", "Run All Cells")
+        try:
+            screen.page.wait_for_function(STARTED_JS, timeout=30_000, polling=250)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                screen.fail("Run All Cells started no cell in 30 s, clicked twice")
+    try:
+        screen.page.wait_for_function(ALL_SETTLED_JS, timeout=RUN_ALL_TIMEOUT_MS, polling=500)
+    except PlaywrightTimeout:
+        running = screen.cell_index_containing("[*]")
+        screen.fail(f"Run All did not finish in {RUN_ALL_TIMEOUT_MS / 1000:.0f} s "
+                    f"(cell {running} still running or queued)")
     screen.page.wait_for_timeout(1500)  # widgets and plots render after the kernel answers
 
 
