@@ -241,11 +241,13 @@ def progress_html() -> str:
     def quiz(r: dict) -> str:
         return "—" if r["quiz_score"] is None else f"{r['quiz_score']} / {r['quiz_out_of']}"
 
+    pad = "padding:2px 12px"
     body = "".join(
-        f"<tr><td><a href='{html.escape(r['notebook'])}'>{html.escape(r['notebook'])}</a></td>"
-        f"<td>{steps(r)}</td><td>{scenario(r)}</td>"
-        f"<td style='text-align:right'>{r['attempts']}</td><td>{quiz(r)}</td>"
-        f"<td>{html.escape(r['passed_at'])}</td></tr>"
+        f"<tr><td style='{pad}'><a href='{html.escape(r['notebook'])}'>"
+        f"{html.escape(r['notebook'])}</a></td>"
+        f"<td style='{pad}'>{steps(r)}</td><td style='{pad}'>{scenario(r)}</td>"
+        f"<td style='{pad};text-align:right'>{r['attempts']}</td><td style='{pad}'>{quiz(r)}</td>"
+        f"<td style='{pad}'>{html.escape(r['passed_at'])}</td></tr>"
         for r in rows)
     return (f"<p><b>{done} of {len(rows)}</b> scenario exercises passed "
             f"(progress file: <code>{html.escape(str(exercises.progress_path()))}</code>)</p>"
