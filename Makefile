@@ -46,11 +46,18 @@ lab: setup
 
 # Two workers (pytest-xdist): notebook runs, browser tests and the Binder install wait on
 # processes much of the time, so two of them share a 2-core machine well. The browser tests
-# share one JupyterLab and stay on one worker (--dist loadgroup). TEST_WORKERS=0: serial.
+# share one JupyterLab and stay on one worker (--dist loadgroup). Tests marked `serial`
+# (the load-independence test: it adds exactly two busy processes) run afterwards, alone.
+# TEST_WORKERS=0: everything serially, in one run.
 TEST_WORKERS ?= 2
 
 test: setup chromium
-	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+ifeq ($(TEST_WORKERS),0)
+	$(PY) -m pytest
+else
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(PY) -m pytest -m serial
+endif
 
 # The browser tests drive Debian's Chromium (Playwright's own download is not possible
 # offline). Installed when missing and we may; without it those tests are skipped.
