@@ -234,17 +234,32 @@ def judge(name: str, run: Callable[[], Check], *, case: str, reproduce: str = ""
     is code the learner can paste into a cell to see the same failure. A failed row that
     ``run`` returned gets both added to its hint, so every failure says where to look.
     """
-    where = f"Input: {case}." + (f" Reproduce: {reproduce}" if reproduce else "")
     try:
         check = run()
     except Exception as exc:  # noqa: BLE001 - the learner's error is this row's feedback
-        return Check(name, False, "no exception", describe_exception(exc), hint=where)
+        return raised(name, exc, case=case, reproduce=reproduce)
     if not isinstance(check, Check):  # a checker bug, not the learner's: say so plainly
-        return Check(name, False, "a verdict", f"the checker returned {check!r:.60}", where)
+        return Check(name, False, "a verdict", f"the checker returned {check!r:.60}",
+                     _where(case, reproduce))
+    return locate(check, case=case, reproduce=reproduce)
+
+
+def _where(case: str, reproduce: str) -> str:
+    return f"Input: {case}." + (f" Reproduce: {reproduce}" if reproduce else "")
+
+
+def locate(check: Check, *, case: str, reproduce: str = "") -> Check:
+    """``check``, and if it failed, its hint ends with the input and how to reproduce it."""
     if check.passed:
         return check
     return Check(check.name, False, check.expected, check.found,
-                 hint=f"{check.hint} {where}".strip())
+                 hint=f"{check.hint} {_where(case, reproduce)}".strip())
+
+
+def raised(name: str, exc: BaseException, *, case: str, reproduce: str = "") -> Check:
+    """The failed row ``name`` for an exception the learner's code raised on ``case``."""
+    return Check(name, False, "no exception", describe_exception(exc),
+                 hint=_where(case, reproduce))
 
 
 def run_checks(exercise: str, checks: Callable[[Any], Iterable[Check]], answer: Any, *,

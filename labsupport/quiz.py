@@ -35,7 +35,7 @@ class Choice:
 
     def judge(self, given: Any) -> tuple[bool, str]:
         """(right?, the answer as the learner sees it); raises ValueError on a bad answer."""
-        if type(given) is str:  # noqa: E721 - strict: a str subclass with a loose __eq__ fails
+        if type(given) is str:  # strict: a str subclass with a loose __eq__ fails
             if given not in self.options:
                 raise ValueError(f"{given!r} is not one of the options")
             given = self.options.index(given)

@@ -47,7 +47,7 @@ def test_mechanism_module_is_short_and_imports_no_layer(pattern):
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_every_pattern_has_its_checks_and_explore_layers(pattern):
+def test_every_pattern_has_its_checks_explore_bench_and_solution_layers(pattern):
     for layer in ("checks", "explore", "bench", "solutions"):
         assert (PACKAGE / layer / f"{pattern}.py").exists(), f"labsupport/{layer}/{pattern}.py"
 

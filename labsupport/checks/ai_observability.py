@@ -205,8 +205,7 @@ def _judge_one_run(name: str, run: Callable[[], list[ex.Check]], *, case: str,
     ran = ex.judge(name, once, case=case, reproduce=reproduce)
     if not ran.passed:
         return [ran]
-    return [ex.judge(row.name, lambda row=row: row, case=case, reproduce=reproduce)
-            for row in rows]
+    return [ex.locate(row, case=case, reproduce=reproduce) for row in rows]
 
 
 def _checks(answer: Any, incident: Incident, case: str, reproduce: str) -> list[ex.Check]:

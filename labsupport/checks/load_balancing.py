@@ -269,12 +269,8 @@ def _scenario_checks(var: str, outcomes: dict[int, NoonReport | Exception]) -> l
               check: Callable[[NoonReport], ex.Check]) -> ex.Check:
         if raised:  # the first seed that raised names the input
             seed, exc = raised[0]
-
-            def rethrow() -> ex.Check:
-                raise exc
-
-            return ex.judge(name, rethrow, case=f"{sc.name}, seed {seed}",
-                            reproduce=_reproduce(var, seed))
+            return ex.raised(name, exc, case=f"{sc.name}, seed {seed}",
+                             reproduce=_reproduce(var, seed))
         worst = max(mine, key=key)
         return ex.judge(name, lambda: check(worst),
                         case=f"{sc.name}, seed {worst.seed} (the worst of seeds {seeds})",
