@@ -39,7 +39,13 @@ $(DEPS): requirements.lock pyproject.toml | $(PY)
 model: $(DEPS)
 	$(PY) -m labsupport.embeddings
 
-setup: $(DEPS) model
+# JupyterLab's settings for the course (no "Would you like to get notified about official
+# Jupyter news?" prompt: it would fetch from the internet), in the environment's app dir.
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_OVERRIDES): etc/jupyterlab/overrides.json | $(DEPS)
+	mkdir -p $(dir $@) && cp $< $@
+
+setup: $(DEPS) model $(LAB_OVERRIDES)
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) notebooks/00_start_here.ipynb

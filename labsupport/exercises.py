@@ -28,13 +28,17 @@ import json
 import os
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labsupport import judged as judged_code
+
 ENV_PROGRESS = "LABSUPPORT_PROGRESS"
+judged_code.remember_run_times()  # in a kernel: when each cell ran, to spot stale checks
 
 
 @dataclass(frozen=True)
@@ -139,18 +143,26 @@ class Check:
 
 @dataclass
 class CheckResult:
-    """The verdict on one attempt at an exercise."""
+    """The verdict on one attempt at an exercise, and which code it judged."""
 
     exercise: str
     checks: list[Check] = field(default_factory=list)
+    judged: judged_code.Judged | None = None
 
     @property
     def passed(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
     @property
+    def started(self) -> bool:
+        """False for the starter exactly as shipped (Run All checks it): not an attempt."""
+        return not (self.judged and self.judged.untouched_starter)
+
+    @property
     def verdict(self) -> str:
-        return "Passed" if self.passed else "Not yet"
+        if self.passed:
+            return "Passed"
+        return "Not yet" if self.started else "Not started"
 
     @property
     def score(self) -> int:
@@ -159,7 +171,8 @@ class CheckResult:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"exercise": self.exercise, "passed": self.passed}
+        meta: dict[str, Any] = {"exercise": self.exercise, "passed": self.passed,
+                                "started": self.started}
         if split_id(self.exercise)[1] == QUIZ:
             meta |= {"score": self.score, "out_of": len(self.checks)}
         return {"labsupport": meta}
@@ -167,6 +180,10 @@ class CheckResult:
     def summary(self) -> str:
         """Plain-text form: the verdict and one line per check."""
         lines = [f"{self.exercise}: {self.verdict}"]
+        if not self.started:
+            lines.append(f"  {NOT_STARTED}")
+        if self.judged:
+            lines.append(self.judged.text())
         for c in self.checks:
             mark = "PASS" if c.passed else "FAIL"
             lines.append(f"  [{mark}] {c.name}: expected {c.expected}; found {c.found}")
@@ -175,28 +192,37 @@ class CheckResult:
         return "\n".join(lines)
 
     def to_html(self) -> str:
-        # Opaque colours with dark text, so the box reads in light and dark themes.
-        colour, icon = ("#1b7837", "&#10004;") if self.passed else ("#b35806", "&#10008;")
+        # Opaque colours with dark text, so the box reads in light and dark themes; every
+        # cell aligned left and top (JupyterLab right-aligns table cells by default).
+        if self.passed:
+            colour, icon = "#1b7837", "&#10004;"
+        elif self.started:
+            colour, icon = "#b35806", "&#10008;"
+        else:
+            colour, icon = "#2c5d8a", "&#9675;"
+        cell = "padding:4px 8px;text-align:left;vertical-align:top"
         rows = []
         for c in self.checks:
             mark = "&#10004;" if c.passed else "&#10008;"
-            hint = (f"<div style='color:#444'><i>Hint:</i> {html.escape(c.hint)}</div>"
-                    if c.hint and not c.passed else "")
+            hint = (f"<div style='color:#444;margin-top:2px'><i>Hint:</i> "
+                    f"{html.escape(c.hint)}</div>" if c.hint and not c.passed else "")
             rows.append(
-                "<tr style='background:#ffffff;color:#111'>"
-                f"<td style='padding:4px 8px'>{mark}</td>"
-                f"<td style='padding:4px 8px'>{html.escape(c.name)}</td>"
-                f"<td style='padding:4px 8px'>{html.escape(c.expected)}</td>"
-                f"<td style='padding:4px 8px'>{html.escape(c.found)}{hint}</td></tr>")
+                "<tr style='background:#ffffff;color:#111;border-top:1px solid #e5e5e5'>"
+                f"<td style='{cell}'>{mark}</td>"
+                f"<td style='{cell}'>{html.escape(c.name)}</td>"
+                f"<td style='{cell}'>{html.escape(c.expected)}</td>"
+                f"<td style='{cell};white-space:pre-line'>{html.escape(c.found)}{hint}</td></tr>")
+        intro = (f"<div style='color:#111;margin-top:4px'>{html.escape(NOT_STARTED)}</div>"
+                 if not self.started else "")
+        head = "".join(f"<th style='{cell}'>{h}</th>" for h in ("", "check", "expected", "found"))
         return (
             f"<div class='labsupport-check' style='border:2px solid {colour};border-radius:6px;"
             "background:#ffffff;color:#111;padding:8px 12px;margin:4px 0'>"
             f"<div style='font-weight:bold;color:{colour};font-size:1.1em'>{icon} "
-            f"{html.escape(self.exercise)}: {self.verdict}</div>"
-            "<table style='border-collapse:collapse;margin-top:6px;color:#111'>"
-            "<tr style='background:#f0f0f0;color:#111'><th></th><th style='text-align:left'>"
-            "check</th><th style='text-align:left'>expected</th>"
-            "<th style='text-align:left'>found</th></tr>"
+            f"{html.escape(self.exercise)}: {self.verdict}</div>{intro}"
+            + (self.judged.html() if self.judged else "")
+            + "<table style='border-collapse:collapse;margin-top:6px;color:#111;width:100%'>"
+            f"<tr style='background:#f0f0f0;color:#111'>{head}</tr>"
             + "".join(rows) + "</table></div>")
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
@@ -205,6 +231,10 @@ class CheckResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+NOT_STARTED = ("This is the starter as shipped: edit it, run that cell, then this one. "
+               "How the starter does:")
 
 
 class ExerciseFailed(AssertionError):
@@ -262,6 +292,21 @@ def raised(name: str, exc: BaseException, *, case: str, reproduce: str = "") -> 
                  hint=_where(case, reproduce))
 
 
+@contextmanager
+def on_input(case: str, reproduce: str = "") -> Iterator[None]:
+    """Name the input for an exception the learner's code raises in this block.
+
+    For a checker that calls the learner's code outside :func:`judge` (a chunker over every
+    document): the innermost ``on_input`` wins, and :func:`run_checks` puts it in the hint.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not hasattr(exc, "_labsupport_input"):
+            exc._labsupport_input = (case, reproduce)  # type: ignore[attr-defined]
+        raise
+
+
 def run_checks(exercise: str, checks: Callable[[Any], Iterable[Check]], answer: Any, *,
                solution_mode: bool = False) -> CheckResult:
     """Run ``checks(answer)`` and return the verdict; never raises on a wrong answer.
@@ -275,18 +320,34 @@ def run_checks(exercise: str, checks: Callable[[Any], Iterable[Check]], answer: 
         for check in checks(answer):  # a generator keeps the rows it yielded before a raise
             found.append(check)
     except Exception as exc:  # noqa: BLE001 - every learner error must become feedback
-        found.append(Check("your code runs", False, "no exception", describe_exception(exc),
-                           hint="Run your starter cell on its own and read the error above."))
+        found.append(raised_outside_rows(exc, after=found[-1].name if found else ""))
     if not found:  # a checker that checked nothing must not pass
         found = [Check("checks ran", False, "at least one check", "none")]
-    return finish(CheckResult(exercise, found), solution_mode=solution_mode)
+    result = CheckResult(exercise, found, judged_code.describe(exercise, answer))
+    return finish(result, solution_mode=solution_mode)
+
+
+def raised_outside_rows(exc: BaseException, after: str = "") -> Check:
+    """The row for an exception raised while a checker ran the learner's code between rows.
+
+    The error happened on the checker's input, not on anything the learner ran, so the hint
+    names that input when the checker marked it (:func:`on_input`)."""
+    case, reproduce = getattr(exc, "_labsupport_input", ("", ""))
+    when = f"after the row {after!r}" if after else "before the first row"
+    hint = (f"Your code raised this while the check ran it on the check's own input ({when}), "
+            "so running your cell alone may not show it; the line named is where.")
+    if case:
+        hint += " " + _where(case, reproduce)
+    return Check("your code runs", False, "no exception", describe_exception(exc), hint=hint)
 
 
 def finish(result: CheckResult, *, solution_mode: bool = False) -> CheckResult:
-    """Record ``result`` in the progress file; in solution mode, show and raise a failure."""
+    """Record ``result`` in the progress file (the untouched starter is not an attempt);
+    in solution mode, show and raise a failure."""
     quiz = split_id(result.exercise)[1] == QUIZ
-    record_attempt(result.exercise, result.passed,
-                   score=result.score if quiz else None, out_of=len(result.checks) if quiz else None)
+    if result.started:
+        record_attempt(result.exercise, result.passed, score=result.score if quiz else None,
+                       out_of=len(result.checks) if quiz else None)
     if solution_mode and not result.passed:
         _display(result)
         raise ExerciseFailed(result.summary())

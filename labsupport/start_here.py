@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from labsupport import embeddings, exercises
+from labsupport import embeddings, exercises, judged
 
 # Packages whose versions the setup check reports (PyPI names).
 KEY_PACKAGES = ("jupyterlab", "ipywidgets", "numpy", "torch", "sentence-transformers",
@@ -280,8 +280,9 @@ def with_nav(notebook: dict, ex: exercises.Exercise) -> dict:
 
 
 def write_course_map() -> None:
-    """Refresh the course map (README.md, 00_start_here) and every notebook's navigation
-    cells from ``exercises.COURSE`` and docs/run_times.json (``make course-map``)."""
+    """Refresh the course map (README.md, 00_start_here), every notebook's navigation cells
+    (from ``exercises.COURSE`` and docs/run_times.json) and the starters' fingerprints
+    (``make course-map``)."""
     import nbformat
 
     readme = NOTEBOOKS_DIR.parent / "README.md"
@@ -295,6 +296,7 @@ def write_course_map() -> None:
             if MAP_START in cell.source:
                 cell.source = with_course_map(cell.source, "")
         nbformat.write(notebook, path)
+    judged.write_starters(sorted(NOTEBOOKS_DIR.glob("*.ipynb")))
 
 
 if __name__ == "__main__":

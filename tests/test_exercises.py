@@ -74,11 +74,13 @@ def test_solution_mode_raises_on_failure_and_not_on_success():
 def test_display_bundle_carries_the_verdict_metadata():
     result = ex.run_checks("03_message_queues", _doubling_checks, None)
     data, metadata = result._repr_mimebundle_()
-    assert metadata == {"labsupport": {"exercise": "03_message_queues", "passed": False}}
+    assert metadata == {"labsupport": {"exercise": "03_message_queues", "passed": False,
+                                       "started": True}}
     quiz = ex.CheckResult("03_message_queues/quiz", [ex.Check("q1", True, "", ""),
                                                      ex.Check("q2", False, "", "")])
     assert quiz.metadata == {"labsupport": {"exercise": "03_message_queues/quiz",
-                                            "passed": False, "score": 1, "out_of": 2}}
+                                            "passed": False, "started": True, "score": 1,
+                                            "out_of": 2}}
     assert "Not yet" in data["text/html"] and "Not yet" in data["text/plain"]
 
 

@@ -51,11 +51,26 @@ def test_solution_runs_twice_in_one_kernel_and_passes(path, tmp_path):
         assert "All set." in text and "FAIL" not in text, text
 
 
+def _boxes(output: Path) -> dict[str, dict]:
+    """Exercise id -> the metadata of its last verdict box in an executed notebook."""
+    nb = nbformat.read(output, as_version=4)
+    return {meta["exercise"]: meta for cell in nb.cells for out in cell.get("outputs", [])
+            if (meta := out.get("metadata", {}).get("labsupport"))}
+
+
 @pytest.mark.parametrize("path", WITH_EXERCISE, ids=lambda p: p.stem)
-def test_untouched_starter_is_told_not_yet(path, tmp_path):
+def test_untouched_starter_is_told_not_started(path, tmp_path):
+    """Run All on the notebook as shipped: every exercise "not yet", the scenario's box says
+    "not started" (the starter cell as shipped, checks/starters.json) and it counts as no
+    attempt in the progress 00 shows."""
     record = run(path, tmp_path, {"SOLUTION": False})
     _record(record)
     assert record.error is None, f"{path.name}: the starter must run to the end: {record.error}"
     passed = [i for i, ok in record.verdicts.items() if ok]
     assert path.stem in record.verdicts and not passed, \
         f"{path.name}: the untouched starter must pass no exercise; it passed {passed}"
+    assert _boxes(record.output)[path.stem]["started"] is False, \
+        f"{path.name}: the untouched starter was not recognised (run `make course-map`)"
+    progress_file = tmp_path / "progress.json"
+    progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+    assert path.stem not in progress, f"{path.name}: Run All counted as an attempt"

@@ -27,8 +27,10 @@ def learner_chunks(docs: Sequence[rag.Document],
                    chunker: Callable[[str], Any]) -> list[rag.Chunk]:
     """Run a learner's chunker (strings, or (start, end) pairs) and tie chunks to sources."""
     out = []
-    for d in docs:
-        result = list(chunker(d.text))
+    for i, d in enumerate(docs):
+        with ex.on_input(f"the policy {d.name!r} ({len(d.text):,} characters)",
+                         reproduce=f"my_chunker(rag.load_handbook()[{i}].text)"):
+            result = list(chunker(d.text))
         if result and all(isinstance(x, tuple | list) and len(x) == 2 for x in result):
             spans = [(int(a), int(b)) for a, b in result]
         else:
