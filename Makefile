@@ -14,7 +14,7 @@ DEPS   := $(VENV)/.deps-installed
 # JupyterLab refuses to run as root without this flag (CI and containers run as root).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab test chromium bench solutions reset lock course-map strip
+.PHONY: setup model lab test chromium bench solutions reset lock course-map strip git-filter
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,13 @@ LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 $(LAB_OVERRIDES): etc/jupyterlab/overrides.json | $(DEPS)
 	mkdir -p $(dir $@) && cp $< $@
 
-setup: $(DEPS) model $(LAB_OVERRIDES)
+# In a git clone: notebook metadata that JupyterLab rewrites on open (the kernel's exact
+# Python version) does not count as a change, so `git pull` is not blocked (.gitattributes).
+git-filter:
+	@git rev-parse --git-dir >/dev/null 2>&1 && \
+	  git config filter.course-notebook.clean "python3 etc/notebook_clean.py" || true
+
+setup: $(DEPS) model $(LAB_OVERRIDES) git-filter
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) notebooks/00_start_here.ipynb

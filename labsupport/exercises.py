@@ -200,7 +200,7 @@ class CheckResult:
             colour, icon = "#b35806", "&#10008;"
         else:
             colour, icon = "#2c5d8a", "&#9675;"
-        cell = "padding:4px 8px;text-align:left;vertical-align:top"
+        cell = "padding:4px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere"
         rows = []
         for c in self.checks:
             mark = "&#10004;" if c.passed else "&#10008;"
@@ -214,7 +214,9 @@ class CheckResult:
                 f"<td style='{cell};white-space:pre-line'>{html.escape(c.found)}{hint}</td></tr>")
         intro = (f"<div style='color:#111;margin-top:4px'>{html.escape(NOT_STARTED)}</div>"
                  if not self.started else "")
-        head = "".join(f"<th style='{cell}'>{h}</th>" for h in ("", "check", "expected", "found"))
+        widths = ("2em", "26%", "30%", "auto")  # the mark column stays narrow
+        head = "".join(f"<th style='{cell};width:{w}'>{h}</th>"
+                       for h, w in zip(("", "check", "expected", "found"), widths, strict=True))
         return (
             f"<div class='labsupport-check' style='border:2px solid {colour};border-radius:6px;"
             "background:#ffffff;color:#111;padding:8px 12px;margin:4px 0'>"

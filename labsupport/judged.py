@@ -199,13 +199,14 @@ def ran_at(cell: int) -> float | None:
 
 
 def notebook_path(notebook_id: str) -> Path:
-    """The notebook file this kernel runs: JupyterLab names it in ``__session__``; the
-    kernel's working directory is the notebook's folder otherwise."""
+    """The notebook file this kernel runs: JupyterLab names it in ``__session__`` (when
+    absolute); otherwise the kernel's working directory is the notebook's folder."""
     shell = _shell()
     session = shell.user_ns.get("__session__") if shell else None
-    if isinstance(session, str) and session.endswith(f"{notebook_id}.ipynb"):
+    if isinstance(session, str) and session.endswith(f"{notebook_id}.ipynb") \
+            and Path(session).is_absolute():
         return Path(session)
-    return Path.cwd() / f"{notebook_id}.ipynb"
+    return Path.cwd() / f"{notebook_id}.ipynb"  # a relative session path is the server's
 
 
 def _edited_after_run(exercise_id: str, d: Definition) -> str:

@@ -96,3 +96,30 @@ def test_readme_names_the_commands_and_binder_badge():
     repo = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
     owner_name = repo.removeprefix("https://github.com/")
     assert f"mybinder.org/v2/gh/{owner_name}/HEAD" in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_metadata_is_what_jupyterlab_writes_so_opening_changes_nothing(path):
+    """JupyterLab rewrites kernelspec and language_info from the running kernel when it
+    opens a notebook; if they differ from the committed ones it marks the notebook modified
+    and autosaves it. The committed ones are the installed kernel's (and etc/notebook_clean.py
+    shows git these for a learner on another Python)."""
+    import platform
+    import subprocess
+    import sys
+
+    from ipykernel.ipkernel import IPythonKernel
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    metadata = json.loads(path.read_text())["metadata"]
+    assert metadata["kernelspec"] == {"display_name": spec.display_name,
+                                      "language": spec.language, "name": "python3"}
+    assert metadata["language_info"] == IPythonKernel.language_info, (
+        f"language_info differs from Python {platform.python_version()}'s kernel")
+    opened_elsewhere = json.loads(path.read_text())  # as JupyterLab saves it on Python 3.13
+    opened_elsewhere["metadata"]["language_info"]["version"] = "3.13.1"
+    for text in (path.read_text(), json.dumps(opened_elsewhere)):
+        cleaned = subprocess.run([sys.executable, str(ROOT / "etc" / "notebook_clean.py")],
+                                 input=text, capture_output=True, text=True, check=True)
+        assert cleaned.stdout == path.read_text(), "git would see a change"

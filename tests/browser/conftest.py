@@ -56,10 +56,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("lab")
     root = work / "notebooks"
     shutil.copytree(ROOT / "notebooks", root)
-    # No "get Jupyter news?" toast over the notebook (it would fetch from the internet).
-    notification = work / "settings" / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True)
-    (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    # The "Jupyter news?" prompt is turned off by the course's overrides.json, which `make
+    # setup` puts in the environment (etc/jupyterlab/): the tests check it, so no setting here.
     token, port = secrets.token_hex(16), _free_port()
     env = {**os.environ, "LABSUPPORT_PROGRESS": str(work / "progress.json"),
            "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),

@@ -1,9 +1,16 @@
 """Every notebook as a learner meets it: JupyterLab in headless Chromium.
 
-For each notebook: open it, Run All, wait for the kernel, then assert what is on screen:
-no error output, every widget rendered, every plotly figure drawn, a widget control that
-changes its figure, and (for the starter) an exercise box that says "Not yet".
-Screenshots in the light and the dark theme go to build/screenshots/.
+For each notebook, in one page, as a learner would:
+- open it: no "Jupyter news?" prompt, and the notebook is not marked modified;
+- Run All: no error output, every widget rendered, every plotly figure drawn, a widget
+  control that changes its figure, and the untouched starter's box says "Not started";
+- reload the tab: every figure shows the same data as before the reload (a live figure
+  keeps its latest state, not its first);
+- type the answer key into the starter cell through the editor, run it and the check: "Passed",
+  and the box names the function it judged and its cell;
+- edit the starter, save, run only the check: the box warns that the code judged is not
+  what is on screen.
+Screenshots (figure and check box, light and dark theme) go to build/screenshots/.
 """
 
 from __future__ import annotations
@@ -32,8 +39,19 @@ ALL_SETTLED_JS = """() => {
 STARTED_JS = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
   .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"""
 PLOTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(p => ({
+  cell: [...document.querySelectorAll('.jp-Notebook .jp-Cell')].indexOf(p.closest('.jp-Cell')),
+  live: p.closest('.jupyter-widgets') !== null,
   drawn: p.querySelector('svg.main-svg') !== null,
-  svg: [...p.querySelectorAll('svg.main-svg')].map(s => s.innerHTML).join('')}))"""
+  svg: [...p.querySelectorAll('svg.main-svg')].map(s => s.innerHTML).join(''),
+  traces: p.querySelectorAll('g.trace path, g.trace rect, g.trace text').length,
+  shown: [...p.querySelectorAll('g.trace path, g.trace text, g.xtick text, g.ytick text')]
+      .map(e => (e.getAttribute('d') || e.textContent || '').slice(0, 200)).join('|')}))"""
+# After a reload JupyterLab shows a saved static plotly output as the PNG the plotly renderer
+# stored beside it (until it is re-run); a live figure is redrawn from the kernel's state.
+STATIC_IMAGES_JS = """() => [...document.querySelectorAll('.jp-RenderedPlotly img.plot-img')]
+  .filter(i => i.src.length > 1000)
+  .map(i => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].indexOf(i.closest('.jp-Cell')))"""
+NEWS = "Would you like to get notified about official Jupyter news?"
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -99,9 +117,29 @@ class Screen:
 def _open(page, lab: Lab, notebook: str) -> Screen:
     screen = Screen(page, notebook)
     page.goto(lab.notebook_url(notebook))
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    _wait_for_notebook(screen)
     return screen
+
+
+def _wait_for_notebook(screen: Screen) -> None:
+    """Every cell of the notebook attached (JupyterLab adds them progressively), kernel idle."""
+    cells = len(_cells_of(ROOT / "notebooks" / screen.notebook))
+    screen.page.wait_for_function(
+        "n => document.querySelectorAll('.jp-Notebook .jp-Cell').length >= n",
+        arg=cells, timeout=60_000, polling=250)
+    screen.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                  timeout=60_000)
+
+
+def _assert_opened_cleanly(screen: Screen) -> None:
+    """No news prompt, and opening alone did not modify the notebook (a modified notebook
+    is autosaved, and a learner's `git pull` then refuses to run)."""
+    screen.page.wait_for_timeout(3000)  # kernel info arrives; JupyterLab updates metadata
+    if screen.page.get_by_text(NEWS).count():
+        screen.fail("the 'Jupyter news?' prompt is shown: etc/jupyterlab/overrides.json missing")
+    if screen.page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count():
+        screen.fail("opening the notebook marked it modified (kernelspec or metadata differ "
+                    "from what JupyterLab writes)")
 
 
 def _run_all(screen: Screen) -> None:
@@ -193,12 +231,132 @@ def _move_a_control_and_see_a_figure_change(screen: Screen, before: list[dict]) 
     screen.fail("moved every slider and dropdown: no figure changed")
 
 
-def _screenshot(screen: Screen, theme: str) -> None:
+def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
+    """Reload the tab: every figure comes back showing data, a live one its latest data."""
+    screen.page.keyboard.press("Control+s")  # outputs saved, as JupyterLab's autosave would
+    screen.page.wait_for_timeout(1000)
+    screen.page.reload()
+    _wait_for_notebook(screen)
+    widgets = screen.page.locator(f".jp-OutputArea-output[data-mime-type='{WIDGET_MIME}']")
+    for index in range(widgets.count()):  # a learner scrolls down to them
+        widgets.nth(index).scroll_into_view_if_needed()
+    cells = sorted({p["cell"] for p in before})
+    try:
+        screen.page.wait_for_function(
+            f"""cells => {{ const drawn = ({PLOTS_JS})().filter(p => p.traces > 0).map(p => p.cell)
+                   .concat(({STATIC_IMAGES_JS})());
+                 return cells.every(c => drawn.includes(c)); }}""",
+            arg=cells, timeout=30_000, polling=500)
+    except PlaywrightTimeout:
+        pass  # reported below, cell by cell
+    screen.page.wait_for_timeout(1000)
+    after = screen.page.evaluate(PLOTS_JS)
+    drawn = {p["cell"] for p in after if p["traces"] > 0} | set(
+        screen.page.evaluate(STATIC_IMAGES_JS))
+    blank = [c for c in cells if c not in drawn]
+    if blank:
+        screen.fail(f"after a reload, the figures of cells {blank} show no data")
+    live_after = {p["cell"]: p["shown"] for p in after if p["live"]}
+    stale = [p["cell"] for p in before if p["live"] and live_after.get(p["cell"]) != p["shown"]]
+    if stale:
+        screen.fail(f"after a reload, the live figures of cells {stale} show other data than "
+                    "before: they came back in an older state")
+
+
+def _cell(screen: Screen, index: int):
+    return screen.page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+
+def _run_cell(screen: Screen, index: int, timeout_ms: int = 120_000) -> None:
+    """Click into cell ``index`` and run it in place (Ctrl+Enter); wait for its new count."""
+    cell = _cell(screen, index)
+    cell.scroll_into_view_if_needed()
+    before = cell.locator(".jp-InputPrompt").text_content()
+    cell.locator(".jp-InputArea-editor").click()
+    screen.page.keyboard.press("Control+Enter")
+    try:
+        screen.page.wait_for_function(
+            """([i, before]) => { const p = document.querySelectorAll('.jp-Notebook .jp-Cell')[i]
+                 .querySelector('.jp-InputPrompt').textContent;
+               return /\[\d+\]/.test(p) && p !== before; }""",
+            arg=[index, before], timeout=timeout_ms, polling=250)
+    except PlaywrightTimeout:
+        screen.fail(f"cell {index} did not finish in {timeout_ms / 1000:.0f} s")
+    screen.page.wait_for_timeout(500)
+
+
+def _type_into(screen: Screen, index: int, text: str) -> None:
+    """Replace the text of cell ``index`` through its editor, as a paste would."""
+    editor = _cell(screen, index).locator(".jp-InputArea-editor")
+    editor.scroll_into_view_if_needed()
+    editor.click()
+    screen.page.keyboard.press("Control+a")
+    screen.page.keyboard.insert_text(text)
+
+
+def _box_text(screen: Screen, index: int) -> str:
+    box = _cell(screen, index).locator(".labsupport-check")
+    if not box.count():
+        screen.fail(f"cell {index} shows no check box")
+    return box.last.text_content()
+
+
+def _cells_of(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def answer_key_source(path: Path) -> tuple[int, int, str]:
+    """(starter cell index, check cell index, the answer key as a learner would type it)."""
+    cells = _cells_of(path)
+    starter = next(i for i, c in enumerate(cells)
+                   if c["metadata"].get("labsupport", {}).get("starter") == path.stem)
+    check = next(i for i, c in enumerate(cells) if "check_exercise(" in "".join(c["source"]))
+    check_source = "".join(cells[check]["source"])
+    module = re.search(r"from labsupport\.solutions import (\w+) as answer_key", check_source)[1]
+    expression = re.search(r"my_answer = answer_key\.(.+)", check_source)[1].strip()
+    text = (ROOT / "labsupport" / "solutions" / f"{module}.py").read_text()
+    text = text.replace("from __future__ import annotations\n", "")
+    return starter, check, f"{text}\n\nmy_answer = {expression}\n"
+
+
+def _solve_in_the_editor(screen: Screen, path: Path) -> None:
+    """Type the answer key into the starter, run it and the check: "Passed", naming it."""
+    starter, check, text = answer_key_source(path)
+    _type_into(screen, starter, text)
+    _run_cell(screen, starter)
+    count = re.search(r"\[(\d+)\]", _cell(screen, starter).locator(".jp-InputPrompt")
+                      .text_content())[1]
+    _run_cell(screen, check)
+    box = _box_text(screen, check)
+    if "Passed" not in box:
+        screen.fail(f"the answer key typed into the starter was told: {box[:600]}")
+    if f"from cell In [{count}]" not in box:
+        screen.fail(f"the box does not name the starter cell In [{count}]: {box[:400]}")
+    _screenshot(screen, "passed", _cell(screen, check))
+
+
+def _edit_without_running(screen: Screen, path: Path) -> None:
+    """Edit the starter, save, check without running it: the box says what it judged."""
+    starter, check, _ = answer_key_source(path)
+    editor = _cell(screen, starter).locator(".jp-InputArea-editor")
+    editor.click()
+    screen.page.keyboard.press("Control+Home")
+    screen.page.keyboard.insert_text("# edited, not run yet\n")
+    screen.page.keyboard.press("Control+s")
+    screen.page.wait_for_timeout(1500)
+    _run_cell(screen, check)
+    box = _box_text(screen, check)
+    if "edited and saved after" not in box:
+        screen.fail(f"checked an edited, unrun starter: no warning in the box: {box[:600]}")
+    _screenshot(screen, "stale", _cell(screen, check))
+
+
+def _screenshot(screen: Screen, name: str, element=None) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    first_plot = screen.page.locator(".js-plotly-plot").first
-    if first_plot.count():
-        first_plot.scroll_into_view_if_needed()
-    screen.page.screenshot(path=str(SCREENSHOTS / f"{Path(screen.notebook).stem}-{theme}.png"))
+    target = element if element is not None else screen.page.locator(".js-plotly-plot").first
+    if target.count():
+        target.scroll_into_view_if_needed()
+    screen.page.screenshot(path=str(SCREENSHOTS / f"{Path(screen.notebook).stem}-{name}.png"))
 
 
 def _set_theme(screen: Screen, theme: str) -> None:
@@ -212,6 +370,7 @@ def test_notebook_in_jupyterlab(path, lab, browser):
     page = context.new_page()
     try:
         screen = _open(page, lab, path.name)
+        _assert_opened_cleanly(screen)
         _set_theme(screen, "Light")
         _run_all(screen)
         _assert_no_errors(screen)
@@ -220,17 +379,22 @@ def test_notebook_in_jupyterlab(path, lab, browser):
         plots = _assert_plots_drawn(screen, outputs.get(PLOTLY_MIME, 0))
         if plots and outputs.get(WIDGET_MIME):
             _move_a_control_and_see_a_figure_change(screen, plots)
-        if _uses(path, "check_exercise("):
-            boxes = page.locator(".labsupport-check")
-            if not boxes.count():
-                screen.fail("no exercise feedback box is on screen")
-            if "Not yet" not in boxes.last.text_content():
-                cell = screen.cell_index_of(".labsupport-check")
-                screen.fail(f"the starter's exercise box (cell {cell}) says: "
-                            f"{boxes.last.text_content()[:300]}")
+        exercise = _uses(path, "check_exercise(")
+        if exercise:
+            _, check, _ = answer_key_source(path)
+            box = _box_text(screen, check)
+            if "Not started" not in box:
+                screen.fail(f"the untouched starter's box (cell {check}) says: {box[:300]}")
         _screenshot(screen, "light")
         _set_theme(screen, "Dark")
         _screenshot(screen, "dark")
+        if exercise:
+            _screenshot(screen, "dark-check", _cell(screen, check))
         _set_theme(screen, "Light")  # the theme is a server-side setting: leave it as found
+        if plots:
+            _figures_after_reload(screen, page.evaluate(PLOTS_JS))
+        if exercise:
+            _solve_in_the_editor(screen, path)
+            _edit_without_running(screen, path)
     finally:
         context.close()
