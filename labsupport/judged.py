@@ -1,9 +1,10 @@
 """Which code a check judged: the cell it came from, and whether that is still what you see.
 
-A check judges the function objects the kernel holds, not the text in the editor. A learner
-who edits the starter and runs only the check cell gets a verdict on the *old* code. So
-every check box says what it judged (``my_policy``, from cell ``In [25]``, its first lines),
-and :func:`describe` also notices two cases worth a sentence:
+A check judges the objects the kernel holds, not the text in the editor. A learner who
+edits the starter and runs only the check cell gets a verdict on the *old* code. So every
+check box says what it judged: the cell that last set ``my_answer`` (``In [24]``) and the
+functions the answer holds (``my_policy``, from cell ``In [25]``, its first lines).
+:func:`describe` also notices two cases worth a sentence:
 
 - **the untouched starter**: the judged code is the starter cell exactly as shipped (its
   hash is in ``checks/starters.json``). Run All does that; it is not an attempt, and the
@@ -23,6 +24,7 @@ import html
 import inspect
 import json
 import linecache
+import re
 import time
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any
 
 STARTERS = Path(__file__).resolve().parent / "checks" / "starters.json"
 SOLUTIONS_PACKAGE = "labsupport.solutions"
+ANSWER_NAME = "my_answer"  # what every check cell passes to its checker
 SHOWN_LINES = 3  # of the judged function, from its def line: enough to recognise it
 _MAX_DEPTH = 3  # how deep to look for functions inside an answer (a dict of dataclasses…)
 
@@ -73,6 +76,8 @@ class Judged:
 
 
 def _where(d: Definition) -> str:
+    if d.name == ANSWER_NAME and d.cell is not None:
+        return f"{d.name}, set in cell In [{d.cell}]"
     if d.cell is not None:
         return f"{d.name}, from cell In [{d.cell}]"
     if d.module.startswith(SOLUTIONS_PACKAGE):
@@ -227,9 +232,30 @@ def _edited_after_run(exercise_id: str, d: Definition) -> str:
             f"(Shift+Enter), then this check again.")
 
 
+def answer_cell(name: str = ANSWER_NAME) -> Definition | None:
+    """The last cell before the running one that assigned ``name`` (None outside IPython).
+
+    The running cell (IPython stores a cell in its history before running it: the last
+    entry) is left out: some check cells set ``my_answer`` themselves."""
+    shell = _shell()
+    history = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None)
+    if not history:
+        return None
+    assigns = re.compile(rf"^{re.escape(name)}\s*[:=]", re.MULTILINE)
+    for number in range(len(history) - 2, 0, -1):
+        source = history[number]
+        if assigns.search(source):
+            line = next(text for text in source.splitlines() if assigns.match(text))
+            return Definition(name, number, "__main__", line.rstrip(), source)
+    return None
+
+
 def describe(exercise_id: str, answer: Any) -> Judged | None:
-    """What a check of ``exercise_id`` judges in ``answer`` (None: no function in it)."""
-    definitions = tuple(definition(fn) for fn in functions_in(answer))
+    """What a check of ``exercise_id`` judges in ``answer``: the cell that set ``my_answer``
+    and the functions the answer holds (None when there is neither)."""
+    assigned = answer_cell()
+    definitions = ((assigned,) if assigned else ()) + tuple(
+        definition(fn) for fn in functions_in(answer))
     if not definitions:
         return None
     from_cells = [d for d in definitions if d.cell is not None]

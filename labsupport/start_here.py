@@ -39,9 +39,11 @@ class Item:
     name: str
     ok: bool
     detail: str
+    seconds: float = 0.0  # how long the probe took
 
     def line(self) -> str:
-        return f"{'OK  ' if self.ok else 'FAIL'}  {self.name:<26} {self.detail}"
+        took = f" [{self.seconds:.1f} s]" if self.seconds >= 0.5 else ""
+        return f"{'OK  ' if self.ok else 'FAIL'}  {self.name:<26} {self.detail}{took}"
 
 
 def _check(name: str, probe: Callable[[], str]) -> Item:
@@ -52,8 +54,7 @@ def _check(name: str, probe: Callable[[], str]) -> Item:
         ok = True
     except Exception as exc:  # noqa: BLE001 - the check reports, it does not crash
         detail, ok = f"{type(exc).__name__}: {exc}", False
-    took = time.perf_counter() - started
-    return Item(name, ok, f"{detail} [{took:.1f} s]" if took >= 0.5 else detail)
+    return Item(name, ok, detail, time.perf_counter() - started)
 
 
 def _python() -> str:
@@ -62,16 +63,23 @@ def _python() -> str:
     return f"Python {platform.python_version()} ({sys.executable})"
 
 
-def _packages() -> str:
-    missing, found = [], []
+def package_versions() -> dict[str, str | None]:
+    """The installed version of each of KEY_PACKAGES (None: not installed)."""
+    versions: dict[str, str | None] = {}
     for name in KEY_PACKAGES:
         try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
+            versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            missing.append(name)
+            versions[name] = None
+    return versions
+
+
+def _packages() -> str:
+    versions = package_versions()
+    missing = [name for name, version in versions.items() if version is None]
     if missing:
         raise RuntimeError(f"not installed: {', '.join(missing)} (run `make lab`)")
-    return ", ".join(found)
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
 
 
 def _model_hash() -> str:
@@ -142,12 +150,46 @@ def setup_check() -> list[Item]:
     ]
 
 
-def report(items: list[Item]) -> str:
-    lines = [item.line() for item in items]
+def verdict(items: list[Item]) -> str:
+    """One sentence: "All set." or how many items failed and where to look."""
     failed = sum(not item.ok for item in items)
-    lines.append("All set." if not failed else
-                 f"{failed} item(s) FAIL: see README.md, section Troubleshooting.")
-    return "\n".join(lines)
+    return ("All set." if not failed else
+            f"{failed} item(s) FAIL: see README.md, section Troubleshooting.")
+
+
+def report(items: list[Item]) -> str:
+    """The setup check as text, one line per item (the shell's version)."""
+    return "\n".join([*(item.line() for item in items), verdict(items)])
+
+
+def _table(rows: list[dict], text: str, **options: object) -> object:
+    """``rows`` as a labsupport.plots.Table; if plotly (so plots) is missing, ``text``
+    as plain text: the packages item already says what to install."""
+    try:
+        from labsupport.plots import Table
+    except ImportError:
+        from IPython.display import Pretty
+
+        return Pretty(text)
+    return Table(rows, **options)
+
+
+def setup_table(items: list[Item]) -> object:
+    """The setup check as a table for the notebook: status, item, what was found, time."""
+    rows = [{"status": "OK" if item.ok else "FAIL", "item": item.name,
+             "detail": (f"all {len(KEY_PACKAGES)} installed (versions below)"
+                        if item.name == "packages" and item.ok else item.detail),
+             "time (s)": item.seconds} for item in items]
+    return _table(rows, report(items), formats={"time (s)": ".1f"},
+                  caption="Setup check")
+
+
+def versions_table() -> object:
+    """The installed version of every package the course relies on."""
+    rows = [{"package": name, "version": version or "not installed"}
+            for name, version in package_versions().items()]
+    return _table(rows, "\n".join(f"{r['package']} {r['version']}" for r in rows),
+                  caption="Package versions")
 
 
 def reading_minutes(notebook: Path) -> float:

@@ -110,7 +110,9 @@ def test_binder_setup_on_a_fresh_venv_from_the_lock(tmp_path):
                  env={embeddings.ENV_CACHE: str(tmp_path / "cache")},
                  python=str(venv / "bin" / "python"))
     assert record.error is None, record.error
-    text = "\n".join(o.get("text", "") for c in nbformat.read(record.output, as_version=4).cells
+    # Printed lines, and the text form of displayed tables (the setup check is a table).
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                     for c in nbformat.read(record.output, as_version=4).cells
                      for o in c.get("outputs", []))
     assert "All set." in text and "FAIL" not in text, text
     assert str(venv) in text  # the kernel ran on the fresh venv's Python

@@ -82,6 +82,15 @@ def test_box_names_the_function_and_its_cell(shell):
     assert f"judged: my_double, from cell In [{number}]" in result.summary()
 
 
+def test_box_names_the_cell_that_set_my_answer_even_for_a_value(shell):
+    shell.run_cell("my_answer = {'cause': 'long prompts', 'metric': None}", store_history=True)
+    number = shell.execution_count - 1
+    shell.run_cell("x = 1", store_history=True)  # a later cell that does not set it
+    found = judged.describe(EXERCISE, shell.user_ns["my_answer"])
+    assert found is not None and f"my_answer, set in cell In [{number}]" in found.text()
+    assert "my_answer = {&#x27;cause&#x27;" in found.html()
+
+
 def test_untouched_starter_is_not_started_and_not_an_attempt(shell, tmp_path):
     shell.run_cell(STARTER, store_history=True)
     result = _check(shell.user_ns["my_answer"])

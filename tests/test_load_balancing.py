@@ -236,8 +236,24 @@ def test_checker_turns_bad_answers_into_feedback(tmp_path, monkeypatch) -> None:
 def test_explore_callback_updates_the_figure() -> None:
     fig = explore.explore_figure()
     summary = explore.update_explore(fig, traffic=3.0, policy="least-connections", n_servers=6)
-    assert "least-connections" in summary and "s3" in summary
+    assert "least-connections" in summary and "slow server s3" in summary
     assert len(fig.data[1].y) == 6 and not math.isnan(fig.data[2].y[3])
+    healthy = explore.update_explore(fig, slowdown=1, n_servers=6)
+    assert "no slow server" in healthy and "slow server s" not in healthy
+    assert list(fig.data[1].x) == [f"s{i}" for i in range(6)]  # no server marked slow
+
+
+def test_measure_tables_give_each_server_a_column() -> None:
+    rows = [{"policy": "round-robin", "p99 all (s)": 1.0, "p99 slow server's users (s)": 2.0,
+             "p99 healthy fleet (s)": 0.5, "slower than 5x median (%)": 10.0,
+             "share per server (%)": [25.0, 25.0, 25.0, 25.0]}]
+    shares = explore.share_table(rows, slow=3)
+    assert shares.columns == ["policy", "s0", "s1", "s2", "s3 (slow)"]
+    assert shares.column("s3 (slow)") == [25.0] and "25.0" in repr(shares)
+    assert "share per server (%)" not in explore.policy_table(rows).columns
+    theory = explore.theory_table([{"model": "M/M/1", "theory": 10.0, "simulated": 10.6,
+                                    "requests": 1000, "seconds": 0.1}])
+    assert theory.column("within 5%") == ["OFF"] and "+6.0" in repr(theory)
 
 
 def test_a_case_that_raises_fails_only_its_rows(tmp_path, monkeypatch) -> None:

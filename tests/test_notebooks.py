@@ -47,7 +47,8 @@ def test_solution_runs_twice_in_one_kernel_and_passes(path, tmp_path):
         assert all(progress[i]["passed"] is True for i in record.verdicts)
     if path.stem == exercises.START.id:  # every setup item OK (outputs are the second pass)
         nb = nbformat.read(record.output, as_version=4)
-        text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+        text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                         for c in nb.cells for o in c.get("outputs", []))
         assert "All set." in text and "FAIL" not in text, text
 
 

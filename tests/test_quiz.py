@@ -23,7 +23,8 @@ def test_full_marks_pass_and_record_the_score():
     result = QUIZ.answer({"q1": 1, "q2": 99.01})
     assert result.passed and result.exercise == "06_ai_observability/quiz"
     assert result.metadata["labsupport"] | {} == {"exercise": "06_ai_observability/quiz",
-                                                 "passed": True, "score": 2, "out_of": 2}
+                                                 "passed": True, "started": True, "score": 2,
+                                                 "out_of": 2}
     entry = ex.load_progress()["06_ai_observability/quiz"]
     assert (entry["passed"], entry["best_score"], entry["out_of"]) == (True, 2, 2)
 

@@ -97,8 +97,9 @@ def _checks(answer: Any) -> Iterator[ex.Check]:
             f"${mine.daily_cost_usd:.2f}/day = {ratio:.0%} of the oracle "
             f"({100 * mine.share_large:.0f}% of requests to large; oracle "
             f"{100 * oracle.share_large:.0f}%)",
-            hint="Too many simple requests go to the large model: raise α, or look at which "
-                 "simple requests your router sends to large.")
+            hint="Too many simple requests go to the large model: route the simple ones to "
+                 "small (with the classifier: a threshold α on P(complex); raise α to send "
+                 "fewer to large), and look at which simple requests still go to large.")
 
     yield ex.judge("daily cost close to the oracle's", cost, case=CASE, reproduce=_reproduce())
 

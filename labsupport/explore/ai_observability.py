@@ -100,8 +100,8 @@ def dashboard_figure(series: dict[str, np.ndarray], title: str = "LLM server das
 
     from labsupport import plots
 
-    fig = make_subplots(rows=5, cols=1, shared_xaxes=True, vertical_spacing=0.035,
-                        subplot_titles=("TTFT per window (histogram_quantile)",
+    fig = make_subplots(rows=5, cols=1, shared_xaxes=True, vertical_spacing=0.045,
+                        subplot_titles=("TTFT per window (histogram_quantile): p50 and p99",
                                         "token throughput", "queue depth (waiting requests)",
                                         "running requests (batch)", cpu_label))
     colours = plots.PALETTE
@@ -109,22 +109,22 @@ def dashboard_figure(series: dict[str, np.ndarray], title: str = "LLM server das
     fig.add_scatter(x=t, y=series["ttft_p50_s"], name="TTFT p50", row=1, col=1,
                     line=dict(color=colours[0]))
     fig.add_scatter(x=t, y=series["ttft_p99_s"], name="TTFT p99", row=1, col=1,
-                    line=dict(color=colours[3]))
+                    line=dict(color=colours[3], dash="dash"))
+    # One line per panel below, named by the panel's title: only TTFT needs a legend.
     fig.add_scatter(x=t, y=series["tokens_per_s"], name="tokens/s", row=2, col=1,
-                    line=dict(color=colours[2]))
+                    line=dict(color=colours[2]), showlegend=False)
     fig.add_scatter(x=t, y=series["waiting"], name="waiting", row=3, col=1,
-                    line=dict(color=colours[1], shape="hv"))
+                    line=dict(color=colours[1], shape="hv"), showlegend=False)
     fig.add_scatter(x=t, y=series["running"], name="running", row=4, col=1,
-                    line=dict(color=colours[4], shape="hv"))
+                    line=dict(color=colours[4], shape="hv"), showlegend=False)
     fig.add_scatter(x=t, y=series["cpu_percent"], name="CPU %", row=5, col=1,
-                    line=dict(color=colours[7]))
+                    line=dict(color=colours[7]), showlegend=False)
     for row, (_, label) in enumerate(_PANELS, start=1):
         fig.update_yaxes(title_text=label, row=row, col=1)
     fig.update_yaxes(range=[0, 100], row=5, col=1)
     fig.update_xaxes(title_text=plots.axis_title("time", "simulated s"), row=5, col=1)
-    fig.update_layout(template="labsupport", title=title, height=820, showlegend=True,
-                      margin=dict(l=70, r=20, t=80, b=50))
-    return fig
+    fig.update_layout(title=title, height=840, showlegend=True)
+    return plots.style(fig)
 
 
 def dashboard_summary(series: dict[str, np.ndarray]) -> str:

@@ -3,7 +3,8 @@ and the policies side by side at noon.
 
 :func:`explore_figure` and :func:`update_explore` drive the Explore panel (the notebook
 also calls the callback once directly, so it reads without a kernel);
-:func:`compare_policies` and :func:`format_rows` make the Measure table.
+:func:`compare_policies`, :func:`policy_table` and :func:`share_table` make the Measure
+tables, :func:`theory_table` the check against queueing theory.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from labsupport import load_balancing as lb
+from labsupport import plots
 from labsupport.checks import load_balancing as checks
 
 # --- measure: policies side by side -----------------------------------------------------
@@ -36,16 +38,40 @@ def compare_policies(balancers: dict[str, lb.Balancer | lb.Policy],
     return rows
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`compare_policies` rows."""
-    lines = [f"{'policy':<34}{'p99 all':>9}{'p99 slow srv':>13}{'p99 healthy':>12}"
-             f"{'>5x med':>9}   share per server (%)"]
+def policy_table(rows: list[dict[str, Any]]) -> plots.Table:
+    """The latency columns of :func:`compare_policies` rows, as a table."""
+    columns = ["policy", "p99 all (s)", "p99 slow server's users (s)", "p99 healthy fleet (s)",
+               "slower than 5x median (%)"]
+    return plots.Table(rows, columns, formats={"p99 all (s)": ".3f",
+                                               "p99 slow server's users (s)": ".2f",
+                                               "p99 healthy fleet (s)": ".3f",
+                                               "slower than 5x median (%)": ".2f"})
+
+
+def share_table(rows: list[dict[str, Any]], slow: int | None = None) -> plots.Table:
+    """Each policy's share of requests per server (%), one column per server; the column
+    of server ``slow`` says so."""
+    n = len(rows[0]["share per server (%)"])
+    names = [f"s{i}" + (" (slow)" if i == slow else "") for i in range(n)]
+    return plots.Table(
+        [{"policy": r["policy"], **dict(zip(names, r["share per server (%)"], strict=True))}
+         for r in rows],
+        ["policy", *names], formats=dict.fromkeys(names, ".1f"),
+        caption="share of requests per server (%)")
+
+
+def theory_table(rows: list[dict[str, Any]]) -> plots.Table:
+    """Theory against simulation: rows with model, theory, simulated, requests, seconds;
+    adds the gap and whether it is within 5 %."""
+    out = []
     for r in rows:
-        lines.append(f"{r['policy']:<34}{r['p99 all (s)']:>8.3f}s"
-                     f"{r['p99 slow server' + chr(39) + 's users (s)']:>12.2f}s"
-                     f"{r['p99 healthy fleet (s)']:>11.3f}s"
-                     f"{r['slower than 5x median (%)']:>8.2f}%   {r['share per server (%)']}")
-    return "\n".join(lines)
+        gap = 100 * (r["simulated"] / r["theory"] - 1)
+        out.append({"model": r["model"], "theory (s)": r["theory"],
+                    "simulated (s)": r["simulated"], "gap (%)": gap,
+                    "within 5%": "ok" if abs(gap) <= 5 else "OFF",
+                    "requests": r["requests"], "run time (s)": r["seconds"]})
+    return plots.Table(out, formats={"theory (s)": ".3f", "simulated (s)": ".3f",
+                                     "gap (%)": "+.1f", "run time (s)": ".1f"})
 
 
 # --- explore: the widget callback -------------------------------------------------------
@@ -55,22 +81,20 @@ def explore_figure() -> Any:
     """An empty two-panel figure (latency per server, p50/p99 per server) for the explorer."""
     from plotly.subplots import make_subplots
 
-    from labsupport import plots
-
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45],
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.1,
                         subplot_titles=("latency distribution per server",
                                         "p50 and p99 per server"))
     fig.add_box(name="latency", row=1, col=1, boxpoints=False,
                 marker_color=plots.PALETTE[0], showlegend=False)
     fig.add_bar(name="p50", row=1, col=2, marker_color=plots.PALETTE[0])
     fig.add_bar(name="p99", row=1, col=2, marker_color=plots.PALETTE[3])
-    fig.update_layout(template="labsupport", height=380, barmode="group",
-                      legend=dict(orientation="h", y=-0.2))
-    fig.update_yaxes(title_text=plots.axis_title("latency", "s"), type="log", row=1, col=1)
-    fig.update_yaxes(title_text=plots.axis_title("latency", "s"), type="log", row=1, col=2)
-    fig.update_xaxes(title_text="server", row=1, col=1)
-    fig.update_xaxes(title_text="server", row=1, col=2)
-    return fig
+    fig.update_layout(height=400, barmode="group")
+    for col in (1, 2):
+        # Latencies span four decades (ms to minutes): label the decades only.
+        plots.log_axis(fig, "y", row=1, col=col, steps=(1,),
+                       title_text=plots.axis_title("latency", "s"))
+        fig.update_xaxes(title_text="server", type="category", row=1, col=col)
+    return plots.style(fig)
 
 
 def update_explore(fig: Any, traffic: float = 3.0, policy: str = "round-robin",
@@ -79,7 +103,8 @@ def update_explore(fig: Any, traffic: float = 3.0, policy: str = "round-robin",
     """Simulate one setting and redraw ``fig`` (from :func:`explore_figure`) in place.
 
     ``traffic`` is relative to 9am (3 = noon); server 3 (or the last one, in a small fleet)
-    runs ``slowdown`` times slower. Returns a one-line summary of what the figure shows.
+    runs ``slowdown`` times slower (1: no slow server). Returns a one-line summary of what
+    the figure shows.
     """
     noon = checks.NOON
     slow = min(noon.slow_server, n_servers - 1)
@@ -90,7 +115,8 @@ def update_explore(fig: Any, traffic: float = 3.0, policy: str = "round-robin",
         cluster = cluster.with_slow_server(slow, 1.0 / slowdown)
     result = lb.simulate(cluster, lb.POLICIES[policy], n_requests, seed=seed,
                          warmup=n_requests // 4)
-    names = [f"s{i}" + (" (slow)" if i == slow and slowdown > 1 else "")
+    # Two-line tick label for the slow server: short enough never to need rotating.
+    names = [f"s{i}" + ("<br>(slow)" if i == slow and slowdown > 1 else "")
              for i in range(n_servers)]
     stats = []
     for i in range(n_servers):
@@ -103,7 +129,12 @@ def update_explore(fig: Any, traffic: float = 3.0, policy: str = "round-robin",
         fig.data[1].update(x=names, y=q[:, 2])
         fig.data[2].update(x=names, y=q[:, 4])
     share = result.share()
-    return (f"{policy}, traffic ×{traffic:g} (utilization {100 * cluster.utilization:.0f}%): "
-            f"p99 all {result.percentile(99):.3f} s; slow server s{slow} took "
-            f"{100 * share[slow]:.1f}% of requests, its p99 "
-            f"{result.percentile(99, slow):.2f} s")
+    text = (f"{policy}, traffic ×{traffic:g} (utilization {100 * cluster.utilization:.0f}%): "
+            f"p99 all {result.percentile(99):.3f} s; ")
+    if slowdown > 1:
+        return text + (f"slow server s{slow} ({slowdown:g}x slower) took "
+                       f"{100 * share[slow]:.1f}% of requests, its p99 "
+                       f"{result.percentile(99, slow):.2f} s")
+    busiest = int(np.argmax(share))
+    return text + (f"no slow server; the busiest, s{busiest}, took {100 * share[busiest]:.1f}% "
+                   f"of requests (an even share: {100 / n_servers:.1f}%)")

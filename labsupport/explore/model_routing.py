@@ -192,14 +192,15 @@ def build_figure(lab: RoutingLab, alpha: float = 0.5) -> Any:
                     name="cascade (small first)", line=dict(dash="dash"))
     fig.add_scatter(x=lab.curve.daily_cost_usd, y=100 * lab.curve.quality, mode="lines",
                     name="classifier, α swept", line=dict(width=3))
-    # Reference points in black, told apart by symbol; the moving marker in vermillion.
+    # Reference points in black, told apart by symbol and named by their own label (so
+    # not in the legend); the moving marker in vermillion.
     for name, symbol, where in (("all small", "circle", "bottom right"),
                                 ("all large", "square", "bottom left"),
                                 ("oracle", "star", "top center"),
                                 ("rules", "diamond", "bottom left")):
         o = lab.points[name]
         fig.add_scatter(x=[o.daily_cost_usd], y=[100 * o.quality], mode="markers+text",
-                        name=name, text=[name], textposition=where,
+                        name=name, text=[name], textposition=where, showlegend=False,
                         marker=dict(size=11, symbol=symbol, color="#000000"))
     o = lab.at(alpha)
     fig.add_scatter(x=[o.daily_cost_usd], y=[100 * o.quality], mode="markers",
@@ -220,6 +221,41 @@ def update_figure(fig: Any, lab: RoutingLab, alpha: float) -> str:
     else:
         marker.x, marker.y = [o.daily_cost_usd], [100 * o.quality]
     return summarise(lab, alpha, o)
+
+
+def backends_table(backends: Sequence[Backend]) -> Any:
+    """Each backend's list prices, the date they were read, and its latency profile."""
+    from labsupport import plots
+
+    return plots.Table([{"model": b.name, "input (USD per 1M tokens)": b.input_usd_per_mtok,
+                         "output (USD per 1M tokens)": b.output_usd_per_mtok,
+                         "prices as of": b.prices_as_of, "TTFT (s)": b.ttft_s,
+                         "output tokens/s": 1 / b.s_per_output_token} for b in backends],
+                       formats={"input (USD per 1M tokens)": ".2f",
+                                "output (USD per 1M tokens)": ".2f", "TTFT (s)": ".2f",
+                                "output tokens/s": ".0f"})
+
+
+def outcome_table(outcomes: dict[str, Outcome], base: Outcome | None = None,
+                  caption: str | None = None) -> Any:
+    """One row per named routing: share to large, cost per day, saving against ``base``
+    (e.g. all-large, when given), quality, latency, complex requests sent to small."""
+    from labsupport import plots
+
+    rows = []
+    for name, o in outcomes.items():
+        row = {"router": name, "to large (%)": 100 * o.share_large,
+               "cost (USD/day)": o.daily_cost_usd}
+        if base is not None:
+            row["saving (%)"] = 100 * (1 - o.daily_cost_usd / base.daily_cost_usd)
+        row |= {"quality (%)": 100 * o.quality, "mean latency (s)": o.mean_latency_s,
+                "p95 latency (s)": o.p95_latency_s,
+                "complex → small": f"{o.complex_to_small} of {o.n_complex}"}
+        rows.append(row)
+    return plots.Table(rows, formats={"to large (%)": ".0f", "cost (USD/day)": ",.2f",
+                                      "saving (%)": ".1f", "quality (%)": ".1f",
+                                      "mean latency (s)": ".2f", "p95 latency (s)": ".2f"},
+                       align={"complex → small": "right"}, caption=caption)
 
 
 def summarise(lab: RoutingLab, alpha: float, o: Outcome | None = None) -> str:

@@ -235,9 +235,8 @@ def sweep_figure() -> Any:
                        ("chunk size", "characters"), ("span recall@5", None))
     fig.update_layout(yaxis=dict(range=[0, 1.02]),
                       yaxis2=dict(title="IoU@5", overlaying="y", side="right", showgrid=False,
-                                  rangemode="tozero"),
-                      xaxis=dict(type="log", tickvals=list(SWEEP_SIZES)),
-                      legend=dict(orientation="h", y=-0.25), margin=dict(r=70))
+                                  rangemode="tozero", tickmode="auto", tickformat=".2f"))
+    plots.log_axis(fig, "x", tickvals=SWEEP_SIZES)  # the sizes measured, written in full
     fig.add_scatter(name="recall@5", mode="lines+markers")
     fig.add_scatter(name="IoU@5", mode="lines+markers", yaxis="y2", line=dict(dash="dash"))
     fig.add_scatter(name="selected", mode="markers", showlegend=False,

@@ -220,6 +220,15 @@ def measure_search(collection: Any, queries: np.ndarray, truth: Sequence[np.ndar
     return SweepPoint(label, ef_search, recall, len(queries) / best)
 
 
+def sweep_table(points: Sequence[SweepPoint], k: int) -> Any:
+    """Sweep points (:func:`exact_search_point`, :func:`sweep_ef_search`) as a table."""
+    from labsupport import plots
+
+    return plots.Table([{"method": p.method, "ef_search": p.ef_search, f"recall@{k}": p.recall,
+                         "queries per second": p.qps} for p in points],
+                       formats={f"recall@{k}": ".3f", "queries per second": ",.0f"})
+
+
 def sweep_collection_name(prefix: str, ef: int) -> str:
     return f"{prefix}-ef{int(ef)}"
 
@@ -301,6 +310,15 @@ def compare_filtering(collection: Any, docs: Sequence[vdb.Document], vectors: np
             ids = run()
         results.append(outcome(method, ids, (time.perf_counter() - started) / repeats))
     return results
+
+
+def filtering_table(outcomes: Sequence[FilterOutcome]) -> Any:
+    """:func:`compare_filtering`'s outcomes as a table."""
+    from labsupport import plots
+
+    return plots.Table([{"method": o.method, "returned": o.returned, "relevant": o.relevant,
+                         "other tenant's": o.wrong_tenant, "latency (ms)": o.latency_ms}
+                        for o in outcomes], formats={"latency (ms)": ".2f"})
 
 
 # --- the explore panel (numpy only, so a slider move is fast) --------------------------

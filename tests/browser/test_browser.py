@@ -44,8 +44,8 @@ PLOTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(p => (
   drawn: p.querySelector('svg.main-svg') !== null,
   svg: [...p.querySelectorAll('svg.main-svg')].map(s => s.innerHTML).join(''),
   traces: p.querySelectorAll('g.trace path, g.trace rect, g.trace text').length,
-  shown: [...p.querySelectorAll('g.trace path, g.trace text, g.xtick text, g.ytick text')]
-      .map(e => (e.getAttribute('d') || e.textContent || '').slice(0, 200)).join('|')}))"""
+  shown: JSON.stringify((p.data || []).map(t => [t.name,
+      ...[t.x, t.y, t.text].map(v => v == null ? null : Array.from([].concat(v).flat()))]))}))"""
 # After a reload JupyterLab shows a saved static plotly output as the PNG the plotly renderer
 # stored beside it (until it is re-run); a live figure is redrawn from the kernel's state.
 STATIC_IMAGES_JS = """() => [...document.querySelectorAll('.jp-RenderedPlotly img.plot-img')]
@@ -330,7 +330,7 @@ def _solve_in_the_editor(screen: Screen, path: Path) -> None:
     box = _box_text(screen, check)
     if "Passed" not in box:
         screen.fail(f"the answer key typed into the starter was told: {box[:600]}")
-    if f"from cell In [{count}]" not in box:
+    if f"cell In [{count}]" not in box:
         screen.fail(f"the box does not name the starter cell In [{count}]: {box[:400]}")
     _screenshot(screen, "passed", _cell(screen, check))
 
@@ -356,6 +356,7 @@ def _screenshot(screen: Screen, name: str, element=None) -> None:
     target = element if element is not None else screen.page.locator(".js-plotly-plot").first
     if target.count():
         target.scroll_into_view_if_needed()
+        screen.page.wait_for_timeout(700)  # cells scrolled into view are painted lazily
     screen.page.screenshot(path=str(SCREENSHOTS / f"{Path(screen.notebook).stem}-{name}.png"))
 
 
