@@ -283,19 +283,21 @@ def progress_html() -> str:
     def quiz(r: dict) -> str:
         return "—" if r["quiz_score"] is None else f"{r['quiz_score']} / {r['quiz_out_of']}"
 
-    pad = "padding:2px 12px"
+    # JupyterLab right-aligns table cells: text left, the attempts count right.
+    left, right = "padding:2px 12px;text-align:left", "padding:2px 12px;text-align:right"
     body = "".join(
-        f"<tr><td style='{pad}'><a href='{html.escape(r['notebook'])}'>"
+        f"<tr><td style='{left}'><a href='{html.escape(r['notebook'])}'>"
         f"{html.escape(r['notebook'])}</a></td>"
-        f"<td style='{pad}'>{steps(r)}</td><td style='{pad}'>{scenario(r)}</td>"
-        f"<td style='{pad};text-align:right'>{r['attempts']}</td><td style='{pad}'>{quiz(r)}</td>"
-        f"<td style='{pad}'>{html.escape(r['passed_at'])}</td></tr>"
+        f"<td style='{left}'>{steps(r)}</td><td style='{left}'>{scenario(r)}</td>"
+        f"<td style='{right}'>{r['attempts']}</td><td style='{left}'>{quiz(r)}</td>"
+        f"<td style='{left}'>{html.escape(r['passed_at'])}</td></tr>"
         for r in rows)
+    head = "".join(f"<th style='{right if h == 'attempts' else left}'>{h}</th>"
+                   for h in ("notebook", "steps built", "scenario", "attempts", "quiz (best)",
+                             "scenario passed at (UTC)"))
     return (f"<p><b>{done} of {len(rows)}</b> scenario exercises passed "
             f"(progress file: <code>{html.escape(str(exercises.progress_path()))}</code>)</p>"
-            "<table><tr><th>notebook</th><th>steps built</th><th>scenario</th>"
-            "<th>attempts</th><th>quiz (best)</th><th>scenario passed at (UTC)</th></tr>"
-            + body + "</table>")
+            f"<table><tr>{head}</tr>" + body + "</table>")
 
 
 MAP_START, MAP_END = "<!-- course-map:start -->", "<!-- course-map:end -->"
