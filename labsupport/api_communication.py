@@ -2,10 +2,11 @@
 
 The mechanism, in the order the notebook meets it:
 
-* Backoff: ``expo = min(cap, base * 2**n)`` with no jitter, full jitter ``U(0, expo)`` and
-  equal jitter ``expo/2 + U(0, expo/2)`` (Marc Brooker, "Exponential Backoff And Jitter",
-  AWS Architecture Blog, 2015), and a small contention simulation that reproduces the
-  blog's result.
+* Backoff: ``expo = min(cap, base * 2**n)`` with no jitter, full jitter ``U(0, expo)``,
+  equal jitter ``expo/2 + U(0, expo/2)`` and decorrelated jitter
+  ``min(cap, U(base, 3 * previous sleep))`` (Marc Brooker, "Exponential Backoff And
+  Jitter", AWS Architecture Blog, 2015), and a small contention simulation that
+  reproduces the blog's result.
 * A SQLite :class:`Ledger`: charges, and an ``idempotency_keys`` table whose primary key
   makes claiming a key atomic; a charge handler is ``(ledger, key, request) -> Reply``.
 * A retrying HTTP client (:func:`post_with_retries`): timeouts, a retry policy, a log.
@@ -33,9 +34,10 @@ import numpy as np
 
 # --- 1. Backoff and jitter ----------------------------------------------------------
 
-Strategy = Literal["none", "full", "equal"]
-STRATEGIES: tuple[Strategy, ...] = ("none", "full", "equal")
-STRATEGY_NAMES = {"none": "no jitter", "full": "full jitter", "equal": "equal jitter"}
+Strategy = Literal["none", "full", "equal", "decorrelated"]
+STRATEGIES: tuple[Strategy, ...] = ("none", "full", "equal", "decorrelated")
+STRATEGY_NAMES = {"none": "no jitter", "full": "full jitter", "equal": "equal jitter",
+                  "decorrelated": "decorrelated jitter"}
 
 
 def expo(attempt: int, base: float, cap: float) -> float:
@@ -48,13 +50,19 @@ def expo(attempt: int, base: float, cap: float) -> float:
 
 
 def backoff_delay(attempt: int, strategy: Strategy, base: float, cap: float,
-                  rng: np.random.Generator) -> float:
+                  rng: np.random.Generator, previous: float | None = None) -> float:
     """How long to sleep before retry ``attempt`` under ``strategy``.
 
     * ``"none"``:  ``expo``                       every client waits exactly as long
     * ``"full"``:  ``U(0, expo)``                 the blog's "Full Jitter"
     * ``"equal"``: ``expo/2 + U(0, expo/2)``      the blog's "Equal Jitter"
+    * ``"decorrelated"``: ``min(cap, U(base, 3 * previous))``, the blog's "Decorrelated
+      Jitter": it grows from the client's own last sleep (``previous``, ``base`` before
+      the first retry), not from the attempt number.
     """
+    if strategy == "decorrelated":
+        last = base if previous is None else previous
+        return min(cap, float(rng.uniform(base, max(base, 3.0 * last))))
     e = expo(attempt, base, cap)
     if strategy == "none":
         return e
@@ -94,24 +102,26 @@ def simulate_contention(clients: int, strategy: Strategy, *, base_ms: float = 10
     if clients < 1:
         raise ValueError("clients must be >= 1")
     rng = np.random.default_rng(seed)
-    # heap of (commit time, client, read time, failures so far); client breaks ties
+    # heap of (commit time, client, read time, failures so far, last sleep); client breaks ties
 
     def duration() -> float:  # ms; calls vary a little, as on a real network
         return call_ms * float(rng.uniform(1 - call_spread, 1 + call_spread))
 
-    heap: list[tuple[float, int, float, int]] = [(duration(), c, 0.0, 0) for c in range(clients)]
+    heap: list[tuple[float, int, float, int, float | None]] = [
+        (duration(), c, 0.0, 0, None) for c in range(clients)]
     heapq.heapify(heap)
     last_commit = -np.inf  # ms, time of the last successful write
     calls = clients
     finish: list[float] = []
     while heap:
-        commit_at, client, read_at, failures = heapq.heappop(heap)
+        commit_at, client, read_at, failures, slept = heapq.heappop(heap)
         if last_commit <= read_at:  # nobody wrote since we read: our write wins
             last_commit = commit_at
             finish.append(commit_at)
             continue
-        retry_read = commit_at + backoff_delay(failures, strategy, base_ms, cap_ms, rng)
-        heapq.heappush(heap, (retry_read + duration(), client, retry_read, failures + 1))
+        sleep = backoff_delay(failures, strategy, base_ms, cap_ms, rng, previous=slept)
+        retry_read = commit_at + sleep
+        heapq.heappush(heap, (retry_read + duration(), client, retry_read, failures + 1, sleep))
         calls += 1
     return ContentionResult(strategy, clients, calls, np.sort(np.array(finish)))
 
@@ -387,7 +397,9 @@ def post_with_retries(url: str, payload: dict[str, Any], *, key: str | None = No
                 response, outcome, retry = None, f"connection error ({type(exc).__name__})", True
             took = time.perf_counter() - started
             last = n == policy.max_attempts - 1
-            delay = backoff_delay(n, policy.strategy, policy.base, policy.cap, rng) if retry and not last else 0.0
+            delay = (backoff_delay(n, policy.strategy, policy.base, policy.cap, rng,
+                                   previous=attempts[-1].slept if attempts else None)
+                     if retry and not last else 0.0)
             attempts.append(Attempt(n + 1, outcome, took, delay))
             if not retry:
                 break

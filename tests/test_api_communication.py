@@ -51,7 +51,38 @@ def test_jitter_ranges_and_means(attempt):
 
 def test_unknown_strategy_rejected():
     with pytest.raises(ValueError):
-        api.backoff_delay(0, "decorrelated", 1, 10, np.random.default_rng(0))  # type: ignore[arg-type]
+        api.backoff_delay(0, "random", 1, 10, np.random.default_rng(0))  # type: ignore[arg-type]
+
+
+def test_decorrelated_jitter_follows_the_blogs_formula():
+    """sleep = min(cap, random_between(base, sleep * 3)), starting from sleep = base: checked
+    draw by draw against the formula written out with numpy's generator on the same seed."""
+    base, cap = 10.0, 1000.0
+    ours, reference = np.random.default_rng(5), np.random.default_rng(5)
+    sleep, previous = base, None
+    for attempt in range(40):
+        got = api.backoff_delay(attempt, "decorrelated", base, cap, ours, previous=previous)
+        sleep = min(cap, reference.uniform(base, sleep * 3))
+        assert got == pytest.approx(sleep)
+        assert base <= got <= cap
+        previous = got
+
+
+def test_decorrelated_jitter_grows_about_3x_then_stays_below_the_cap():
+    # From sleep s the next is U(base, 3s): mean (base + 3s)/2, so about 1.5x per step early on.
+    rng = np.random.default_rng(0)
+    runs = []
+    for _ in range(2000):
+        previous, path = None, []
+        for attempt in range(12):
+            previous = api.backoff_delay(attempt, "decorrelated", 10.0, 1000.0, rng,
+                                         previous=previous)
+            path.append(previous)
+        runs.append(path)
+    means = np.array(runs).mean(axis=0)
+    assert means[0] == pytest.approx((10 + 30) / 2, rel=0.05)  # U(10, 30)
+    assert means[1] == pytest.approx((10 + 3 * 20) / 2, rel=0.05)  # E[U(10, 3s)], E[s] = 20
+    assert np.array(runs).max() <= 1000.0 and means[-1] > 300
 
 
 # --- contention simulation ----------------------------------------------------------------
@@ -81,6 +112,8 @@ def test_full_jitter_beats_no_jitter_on_time_and_calls(clients):
     none, full = sweep["none"], sweep["full"]
     assert full["completion_ms"][0] * 3 < none["completion_ms"][0]  # several times faster
     assert full["calls"][0] < none["calls"][0]
+    for jittered in ("equal", "decorrelated"):  # every jitter beats none, as in the blog
+        assert sweep[jittered]["completion_ms"][0] < none["completion_ms"][0]
 
 
 def test_contention_view_fills_figure_and_summarises():
