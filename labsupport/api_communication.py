@@ -141,7 +141,11 @@ def contention_sweep(client_counts: list[int], strategies: tuple[Strategy, ...] 
 
 # --- 2. The ledger (SQLite): charges and idempotency keys ---------------------------
 
-STRIPE_KEY_TTL = 24 * 3600.0  # seconds; Stripe prunes keys once they are at least 24 h old
+STRIPE_KEY_TTL = 24 * 3600.0  # seconds; Stripe may prune keys once they are at least 24 h old
+# seconds a claim stays locked before a retry may take it over (a crashed request never
+# finishes): Brandur Leach's IDEMPOTENCY_KEY_LOCK_TIMEOUT in "Implementing Stripe-like
+# Idempotency Keys in Postgres" (rocket-rides-atomic) is 90 s.
+KEY_LEASE = 90.0
 MAX_KEY_LENGTH = 255  # characters; Stripe's limit
 
 
@@ -190,7 +194,8 @@ CREATE TABLE IF NOT EXISTS charges (
     amount_cents    INTEGER NOT NULL,
     currency        TEXT NOT NULL,
     idempotency_key TEXT,
-    created_at      REAL NOT NULL
+    created_at      REAL NOT NULL,
+    processor_key   TEXT UNIQUE            -- the card network's own idempotency key (or NULL)
 );
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key             TEXT PRIMARY KEY,      -- the unique constraint that makes a claim atomic
@@ -199,7 +204,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     response_code   INTEGER,
     response_body   TEXT,
     created_at      REAL NOT NULL,
-    expires_at      REAL NOT NULL
+    expires_at      REAL NOT NULL,
+    locked_at       REAL                   -- when the request that holds the claim took it
 );
 """
 
@@ -214,9 +220,11 @@ class Ledger:
     """
 
     def __init__(self, path: str | Path, *, key_ttl: float = STRIPE_KEY_TTL,
-                 processor_delay: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+                 lease: float = KEY_LEASE, processor_delay: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.key_ttl = key_ttl
+        self.lease = lease
         self.processor_delay = processor_delay
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,17 +240,29 @@ class Ledger:
 
     # --- charges -------------------------------------------------------------------
 
-    def charge(self, request: ChargeRequest, key: str | None = None) -> dict[str, Any]:
-        """Charge the card (takes ``processor_delay`` s) and record it. Not idempotent:
-        every call charges again. Returns the charge as a JSON-ready dict."""
+    def charge(self, request: ChargeRequest, key: str | None = None,
+               processor_key: str | None = None) -> dict[str, Any]:
+        """Charge the card (takes ``processor_delay`` s) and record it; returns the charge
+        as a JSON-ready dict. Without ``processor_key`` every call charges again. With it,
+        the card network's own idempotency (as Stripe's API offers): a second charge with
+        the same ``processor_key`` charges nothing and returns the first one."""
         if self.processor_delay > 0:
             time.sleep(self.processor_delay)  # the card network
         charge = {"charge_id": "ch_" + uuid.uuid4().hex[:16], **request.as_dict(),
-                  "idempotency_key": key, "created_at": round(self.clock(), 6)}
+                  "idempotency_key": key, "created_at": round(self.clock(), 6),
+                  "processor_key": processor_key}
         with self._connect() as db:
             db.execute("INSERT INTO charges VALUES (:charge_id, :order_id, :amount_cents, "
-                       ":currency, :idempotency_key, :created_at)", charge)
-        return charge
+                       ":currency, :idempotency_key, :created_at, :processor_key) "
+                       "ON CONFLICT(processor_key) DO NOTHING", charge)
+        return charge if processor_key is None else self.find_charge(processor_key)
+
+    def find_charge(self, processor_key: str) -> dict[str, Any] | None:
+        """Ask the card network: the charge made with ``processor_key``, or None."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM charges WHERE processor_key = ?",
+                             (processor_key,)).fetchone()
+        return None if row is None else dict(row)
 
     def charges(self, order_id: str | None = None) -> list[dict[str, Any]]:
         """All charges (of one order, if given), oldest first."""
@@ -262,21 +282,30 @@ class Ledger:
     def claim_key(self, key: str, fingerprint: str) -> bool:
         """Atomically claim ``key`` for a request with this payload ``fingerprint``.
 
-        True: this request owns the key now (row inserted as ``in_flight``). False: the
-        key exists already (in flight or done; look at :meth:`get_key`). One INSERT
-        against the primary key, never check-then-insert: two racing requests cannot
-        both win. An expired key is deleted first, in the same transaction.
+        True: this request owns the key now: the row was inserted as ``in_flight``, or it
+        was in flight with the same fingerprint and its lease (``lease`` s from
+        ``locked_at``) had run out, so the request that held it crashed or hangs and this
+        one takes it over (it must then ask the card network before charging again:
+        :meth:`find_charge`). False: the key exists already (in flight, done or another
+        payload; look at :meth:`get_key`). One transaction holding the write lock, never
+        check-then-insert: two racing requests cannot both win. An expired key is deleted
+        first, in the same transaction.
         """
         now = self.clock()
         db = self._connect()
         try:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock for both statements
+            db.execute("BEGIN IMMEDIATE")  # take the write lock for all three statements
             db.execute("DELETE FROM idempotency_keys WHERE key = ? AND expires_at <= ?",
                        (key, now))
             cur = db.execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at) "
-                "VALUES (?, ?, 'in_flight', ?, ?) ON CONFLICT(key) DO NOTHING",
-                (key, fingerprint, now, now + self.key_ttl))
+                "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at, "
+                "locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                (key, fingerprint, now, now + self.key_ttl, now))
+            if cur.rowcount == 0:  # taken: take over a claim whose lease ran out
+                cur = db.execute(
+                    "UPDATE idempotency_keys SET locked_at = ? WHERE key = ? AND fingerprint = ? "
+                    "AND status = 'in_flight' AND locked_at <= ?",
+                    (now, key, fingerprint, now - self.lease))
             db.execute("COMMIT")
             return cur.rowcount == 1
         except BaseException:
@@ -305,7 +334,8 @@ class Ledger:
         status, body = int(reply[0]), reply[1]
         with self._connect() as db:
             db.execute(
-                "INSERT INTO idempotency_keys VALUES (?, ?, 'done', ?, ?, ?, ?) "
+                "INSERT INTO idempotency_keys (key, fingerprint, status, response_code, "
+                "response_body, created_at, expires_at) VALUES (?, ?, 'done', ?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET status = 'done', fingerprint = excluded.fingerprint, "
                 "response_code = excluded.response_code, response_body = excluded.response_body",
                 (key, fingerprint, status, json.dumps(body), now, now + self.key_ttl))

@@ -459,3 +459,43 @@ def test_payment_service_cli_help():
     out = subprocess.run([sys.executable, "-m", "labsupport.services.api_communication", "--help"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert "--port" in out and "--handler" in out
+
+
+# --- leases and the card network's idempotency (crash recovery) -------------------------
+
+
+def test_a_claim_whose_lease_ran_out_is_taken_over_once(tmp_path):
+    now = [1000.0]
+    ledger = api.Ledger(tmp_path / "l.sqlite", lease=2.0, clock=lambda: now[0])
+    assert ledger.claim_key("k", "fp")
+    now[0] += 1.9
+    assert not ledger.claim_key("k", "fp")  # still leased: the first request may be running
+    assert not ledger.claim_key("k", "other")  # another payload never takes it over
+    now[0] += 0.2
+    assert ledger.claim_key("k", "fp")  # lease over: this retry takes the claim
+    assert not ledger.claim_key("k", "fp")  # and holds it for a new lease
+    ledger.save_response("k", "fp", api.Reply(201, {"charge_id": "ch_1"}))
+    now[0] += 10
+    assert not ledger.claim_key("k", "fp")  # done keys are replayed, never taken over
+
+
+def test_concurrent_takeovers_have_one_winner(tmp_path):
+    now = [0.0]
+    ledger = api.Ledger(tmp_path / "l.sqlite", lease=1.0, clock=lambda: now[0])
+    assert ledger.claim_key("k", "fp")
+    now[0] = 5.0
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        wins = list(pool.map(lambda _: ledger.claim_key("k", "fp"), range(20)))
+    assert sum(wins) == 1
+
+
+def test_the_card_network_charges_once_per_processor_key(tmp_path):
+    ledger = api.Ledger(tmp_path / "l.sqlite")
+    request = api.ChargeRequest("o-9", 1200)
+    first = ledger.charge(request, key="k", processor_key="k")
+    again = ledger.charge(request, key="k", processor_key="k")  # a takeover asks again
+    assert again == first and ledger.count_charges("o-9") == 1
+    assert ledger.find_charge("k") == first and ledger.find_charge("nope") is None
+    ledger.charge(request)
+    ledger.charge(request)  # without a processor key every call charges: the double charge
+    assert ledger.count_charges("o-9") == 3

@@ -24,8 +24,8 @@ def idempotent_charge(ledger: Ledger, key: str | None, request: ChargeRequest) -
         if record.in_flight or record.reply is None:
             return Reply(409, {"error": "a request with this Idempotency-Key is in progress"})
         return record.reply  # replay: same status, same body, no second charge
-    try:
-        reply = Reply(201, ledger.charge(request, key=key))
+    try:  # the card network's own key: a takeover after a crash finds the first charge
+        reply = Reply(201, ledger.charge(request, key=key, processor_key=key))
     except Exception:
         ledger.release_key(key)  # nothing was charged: let a retry try again
         raise
