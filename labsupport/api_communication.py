@@ -126,19 +126,6 @@ def simulate_contention(clients: int, strategy: Strategy, *, base_ms: float = 10
     return ContentionResult(strategy, clients, calls, np.sort(np.array(finish)))
 
 
-def contention_sweep(client_counts: list[int], strategies: tuple[Strategy, ...] = STRATEGIES,
-                     seeds: int = 3, **kwargs: Any) -> dict[Strategy, dict[str, np.ndarray]]:
-    """Mean calls and mean completion time (ms) per strategy and client count."""
-    out: dict[Strategy, dict[str, np.ndarray]] = {}
-    for s in strategies:
-        runs = [[simulate_contention(n, s, seed=k, **kwargs) for k in range(seeds)]
-                for n in client_counts]
-        out[s] = {"clients": np.array(client_counts),
-                  "calls": np.array([np.mean([r.calls for r in rs]) for rs in runs]),
-                  "completion_ms": np.array([np.mean([r.completion_ms for r in rs]) for rs in runs])}
-    return out
-
-
 # --- 2. The ledger (SQLite): charges and idempotency keys ---------------------------
 
 STRIPE_KEY_TTL = 24 * 3600.0  # seconds; Stripe may prune keys once they are at least 24 h old
@@ -345,12 +332,6 @@ class Ledger:
         with self._connect() as db:
             db.execute("DELETE FROM idempotency_keys WHERE key = ? AND status = 'in_flight'",
                        (key,))
-
-    def purge_expired(self) -> int:
-        """Delete expired keys (a reaper would run this periodically); returns how many."""
-        with self._connect() as db:
-            return db.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?",
-                              (self.clock(),)).rowcount
 
 
 # A charge handler: (ledger, Idempotency-Key or None, request) -> Reply. The payment

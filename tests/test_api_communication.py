@@ -108,7 +108,7 @@ def test_every_client_finishes_and_calls_at_least_clients():
 
 @pytest.mark.parametrize("clients", [20, 50, 100])
 def test_full_jitter_beats_no_jitter_on_time_and_calls(clients):
-    sweep = api.contention_sweep([clients], seeds=5)
+    sweep = explore.contention_sweep([clients], seeds=5)
     none, full = sweep["none"], sweep["full"]
     assert full["completion_ms"][0] * 3 < none["completion_ms"][0]  # several times faster
     assert full["calls"][0] < none["calls"][0]

@@ -23,6 +23,7 @@ import httpx
 
 from labsupport import api_communication as api
 from labsupport import exercises as ex
+from labsupport.explore import api_communication as explore
 from labsupport.checks import api_communication as checks
 from labsupport.services import api_communication as services
 
@@ -47,7 +48,7 @@ def _check_seconds() -> dict[str, Any]:
 
 
 def _contention(clients: int, seeds: int) -> dict[str, dict[str, float]]:
-    sweep = api.contention_sweep([clients], seeds=seeds)
+    sweep = explore.contention_sweep([clients], seeds=seeds)
     return {api.STRATEGY_NAMES[s]: {"calls": round(float(sweep[s]["calls"][0]), 1),
                                     "completion_s": round(float(sweep[s]["completion_ms"][0]) / 1000, 3)}
             for s in api.STRATEGIES}

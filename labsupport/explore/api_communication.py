@@ -8,12 +8,18 @@ do not depend on how busy the machine is).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
 from labsupport import plots
-from labsupport.api_communication import STRATEGY_NAMES, Strategy, simulate_contention
+from labsupport.api_communication import (
+    STRATEGIES,
+    STRATEGY_NAMES,
+    Strategy,
+    simulate_contention,
+)
 
 
 def contention_figure() -> go.Figure:
@@ -42,3 +48,16 @@ def contention_view(fig: go.Figure, clients: int = 50, strategy: Strategy = "ful
             f"{baseline.completion_ms / 1000:.2f} s and {baseline.calls} calls "
             f"({baseline.completion_ms / max(chosen.completion_ms, 1e-9):.1f}x the time, "
             f"{baseline.calls / chosen.calls:.1f}x the calls).")
+
+
+def contention_sweep(client_counts: list[int], strategies: tuple[Strategy, ...] = STRATEGIES,
+                     seeds: int = 3, **kwargs: Any) -> dict[Strategy, dict[str, np.ndarray]]:
+    """Mean calls and mean completion time (ms) per strategy and client count."""
+    out: dict[Strategy, dict[str, np.ndarray]] = {}
+    for s in strategies:
+        runs = [[simulate_contention(n, s, seed=k, **kwargs) for k in range(seeds)]
+                for n in client_counts]
+        out[s] = {"clients": np.array(client_counts),
+                  "calls": np.array([np.mean([r.calls for r in rs]) for rs in runs]),
+                  "completion_ms": np.array([np.mean([r.completion_ms for r in rs]) for rs in runs])}
+    return out

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -372,6 +374,42 @@ def order_async(base_url: str, amount_cents: int, client: httpx.Client,
     return PathTiming("async", accepted, time.perf_counter() - started, state["work_seconds"], polls)
 
 
+# --- Crashes: the process dies at a chosen point of a charge ------------------------
+
+CRASH_POINTS = ("claim", "charge", "response")  # after the key is claimed, after the card
+# network charged, after the response was stored: the three places a crash can leave a key
+
+
+class CrashingLedger(Ledger):
+    """A ledger whose process is killed (SIGKILL: no cleanup, no finally) the first time a
+    charge gets past ``crash_after``: what a power cut or an OOM kill does to a service."""
+
+    def __init__(self, path: str | Path, crash_after: str, **kwargs: Any) -> None:
+        if crash_after not in CRASH_POINTS:
+            raise ValueError(f"crash_after must be one of {CRASH_POINTS}, not {crash_after!r}")
+        super().__init__(path, **kwargs)
+        self.crash_after = crash_after
+
+    def _maybe_die(self, point: str) -> None:
+        if point == self.crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def claim_key(self, key: str, fingerprint: str) -> bool:
+        claimed = super().claim_key(key, fingerprint)
+        if claimed:
+            self._maybe_die("claim")
+        return claimed
+
+    def charge(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        charge = super().charge(*args, **kwargs)
+        self._maybe_die("charge")
+        return charge
+
+    def save_response(self, *args: Any, **kwargs: Any) -> None:
+        super().save_response(*args, **kwargs)
+        self._maybe_die("response")
+
+
 # --- From the shell -----------------------------------------------------------------
 
 
@@ -382,12 +420,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="the SQLite ledger (kept across restarts)")
     parser.add_argument("--handler", choices=("idempotent", "naive"), default="idempotent")
     parser.add_argument("--processor-delay", type=float, default=0.2, help="seconds per charge")
+    parser.add_argument("--lease", type=float, default=api.KEY_LEASE,
+                        help="seconds before a retry may take over a claimed key")
+    parser.add_argument("--crash-after", choices=CRASH_POINTS, default=None,
+                        help="kill this process (SIGKILL) when the first charge gets there")
     args = parser.parse_args(argv)
     if args.handler == "idempotent":
         from labsupport.solutions.api_communication import idempotent_charge as handler
     else:
         handler = naive_charge
-    service = PaymentService(Ledger(args.db, processor_delay=args.processor_delay), handler)
+    options = {"processor_delay": args.processor_delay, "lease": args.lease}
+    ledger = (CrashingLedger(args.db, args.crash_after, **options) if args.crash_after
+              else Ledger(args.db, **options))
+    service = PaymentService(ledger, handler)
     print(f"payment service ({args.handler} handler), ledger {args.db}\n"
           f"  curl -i -X POST localhost:{args.port}/charges -H 'Content-Type: application/json' "
           f"-H 'Idempotency-Key: \"k-1\"' -d '{{\"order_id\": \"o-1\", \"amount_cents\": 1500}}'\n"
