@@ -226,6 +226,42 @@ def test_missing_key_400_and_bad_body_400(payments):
     assert service.ledger.count_charges() == 0
 
 
+def test_bad_bodies_are_400_problems_naming_the_field(payments):
+    _, _, client = payments
+    for body, field in ((b"", "body"), (b"[]", "body"), (b'{"amount_cents": 5}', "order_id"),
+                        (b'{"order_id": "o", "amount_cents": "1500"}', "amount_cents"),
+                        (b'{"order_id": "o", "amount_cents": true}', "amount_cents"),
+                        (b'{"order_id": "o", "amount_cents": 5, "currency": "euro"}', "currency")):
+        r = client.post("/charges", content=body, headers={"Idempotency-Key": '"k-bad"',
+                                                           "Content-Type": "application/json"})
+        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+        assert field in r.json()["detail"], (body, r.json())
+
+
+def test_openapi_describes_the_charge_body_and_the_key_header(payments):
+    """/docs and generated clients read /openapi.json: the body must be declared there
+    (the handler reads the raw body, so FastAPI cannot infer it)."""
+    _, _, client = payments
+    operation = client.get("/openapi.json").json()["paths"]["/charges"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"order_id", "amount_cents", "currency"}
+    assert set(schema["required"]) == {"order_id", "amount_cents"}
+    assert schema["properties"]["amount_cents"]["type"] == "integer"
+    assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
+
+
+def test_openapi_describes_the_order_body():
+    service = services.OrderService("http://127.0.0.1:9", work_seconds=0.0)
+    try:
+        paths = service.app.openapi()["paths"]
+    finally:
+        service.close()
+    for path in ("/orders", "/orders/async"):
+        schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["required"] == ["amount_cents"]
+        assert schema["properties"]["amount_cents"]["type"] == "integer"
+
+
 def test_retry_while_in_flight_409(tmp_path: Path):
     ledger = api.Ledger(tmp_path / "slow.sqlite", processor_delay=0.6)  # a slow card network
     service, server = services.start_payment_service(ledger, idempotent_charge, name="test-slow")

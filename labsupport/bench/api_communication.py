@@ -23,8 +23,8 @@ import httpx
 
 from labsupport import api_communication as api
 from labsupport import exercises as ex
-from labsupport.explore import api_communication as explore
 from labsupport.checks import api_communication as checks
+from labsupport.explore import api_communication as explore
 from labsupport.services import api_communication as services
 
 

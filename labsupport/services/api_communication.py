@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -36,6 +35,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from labsupport import api_communication as api
 from labsupport import exercises as ex
@@ -93,17 +93,57 @@ def parse_idempotency_key(raw: str | None) -> str | None:
     return raw or None
 
 
-def _parse_charge(body: Any) -> ChargeRequest:
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    order_id, amount, currency = body.get("order_id"), body.get("amount_cents"), body.get("currency", "eur")
-    if not isinstance(order_id, str) or not order_id:
-        raise ValueError("order_id must be a non-empty string")
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise ValueError("amount_cents must be a positive integer")
-    if not isinstance(currency, str) or len(currency) != 3:
-        raise ValueError("currency must be a 3-letter code")
-    return ChargeRequest(order_id, amount, currency.lower())
+class ChargeBody(BaseModel):
+    """The body of ``POST /charges``, as ``/openapi.json`` and ``/docs`` describe it."""
+
+    model_config = ConfigDict(strict=True)  # "1500" is not 1500, true is not 1
+
+    order_id: str = Field(min_length=1, examples=["o-1"])
+    amount_cents: int = Field(gt=0, description="integer cents: money is never a float",
+                              examples=[1500])
+    currency: str = Field("eur", pattern="^[A-Za-z]{3}$", description="ISO 4217 code")
+
+
+class OrderBody(BaseModel):
+    """The body of ``POST /orders`` and ``POST /orders/async``."""
+
+    model_config = ConfigDict(strict=True)
+
+    amount_cents: int = Field(gt=0, description="integer cents", examples=[1500])
+
+
+def _validated(model: type[BaseModel], raw: bytes) -> Any:
+    """``model`` read from a raw JSON body; ValueError names the first problem."""
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ValueError(f"{where}: {first['msg']}") from None
+
+
+def _parse_charge(raw: bytes) -> ChargeRequest:
+    """The charge in a raw request body; ValueError names the first problem."""
+    body = _validated(ChargeBody, raw)
+    return ChargeRequest(body.order_id, body.amount_cents, body.currency.lower())
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}}}
+
+
+# The handlers read the raw body themselves (a bad body is a 400 problem, not FastAPI's
+# 422), so the schemas are declared for /openapi.json and /docs here.
+ORDER_OPENAPI = {"requestBody": _json_body(OrderBody)}
+CHARGE_OPENAPI = {
+    "requestBody": _json_body(ChargeBody),
+    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "a unique key per payment (quoted Structured Field string or "
+                                   "bare token, at most 255 characters); required by the "
+                                   "idempotent handler",
+                    "schema": {"type": "string", "maxLength": MAX_KEY_LENGTH}}],
+}
 
 
 def _problem(status: int, title: str, detail: str) -> JSONResponse:
@@ -183,15 +223,15 @@ class PaymentService:
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="Payment service", description="Charges cards; honours Idempotency-Key.")
 
-        @app.post("/charges")
+        @app.post("/charges", openapi_extra=CHARGE_OPENAPI)
         async def create_charge(request: Request) -> Any:
             raw_key = request.headers.get("idempotency-key")
             key = parse_idempotency_key(raw_key)
             if key is not None and len(key) > MAX_KEY_LENGTH:
                 return _problem(400, "Bad Request", f"Idempotency-Key longer than {MAX_KEY_LENGTH} characters")
             try:
-                charge = _parse_charge(json.loads(await request.body() or b"null"))
-            except (ValueError, json.JSONDecodeError) as exc:
+                charge = _parse_charge(await request.body())
+            except ValueError as exc:
                 return _problem(400, "Bad Request", f"invalid charge request: {exc}")
             response = await run_in_threadpool(self._call_handler, key, charge)
             if self.faults.take():
@@ -264,13 +304,10 @@ class OrderService:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="order-worker")
         self.app = self._build_app()
 
-    def _new_order(self, body: Any) -> Order:
-        if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
-        amount = body.get("amount_cents")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise ValueError("amount_cents must be a positive integer")
-        order = Order("ord_" + uuid.uuid4().hex[:12], amount, accepted_at=time.monotonic())
+    def _new_order(self, raw: bytes) -> Order:
+        body = _validated(OrderBody, raw)
+        order = Order("ord_" + uuid.uuid4().hex[:12], body.amount_cents,
+                      accepted_at=time.monotonic())
         with self._lock:
             self.orders[order.order_id] = order
         return order
@@ -293,19 +330,19 @@ class OrderService:
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="Order service")
 
-        @app.post("/orders", status_code=201)
-        def place_order_sync(body: dict[str, Any]) -> Any:
+        @app.post("/orders", status_code=201, openapi_extra=ORDER_OPENAPI)
+        async def place_order_sync(request: Request) -> Any:
             try:
-                order = self._new_order(body)
+                order = self._new_order(await request.body())
             except ValueError as exc:
                 return _problem(400, "Bad Request", str(exc))
-            order = self._fulfil(order)  # the caller waits for all of it
+            order = await run_in_threadpool(self._fulfil, order)  # the caller waits for all of it
             return JSONResponse(order.as_dict(), status_code=201 if order.status == "paid" else 502)
 
-        @app.post("/orders/async", status_code=202)
-        def place_order_async(body: dict[str, Any]) -> Any:
+        @app.post("/orders/async", status_code=202, openapi_extra=ORDER_OPENAPI)
+        async def place_order_async(request: Request) -> Any:
             try:
-                order = self._new_order(body)
+                order = self._new_order(await request.body())
             except ValueError as exc:
                 return _problem(400, "Bad Request", str(exc))
             self._pool.submit(self._fulfil, order)  # the work happens after we answer
