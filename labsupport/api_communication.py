@@ -1,19 +1,12 @@
 """Backs ``01_api_communication.ipynb``: retries with jitter, and idempotency keys.
 
-The mechanism, in the order the notebook meets it:
-
-* Backoff: ``expo = min(cap, base * 2**n)`` with no jitter, full jitter ``U(0, expo)``,
-  equal jitter ``expo/2 + U(0, expo/2)`` and decorrelated jitter
-  ``min(cap, U(base, 3 * previous sleep))`` (Marc Brooker, "Exponential Backoff And
-  Jitter", AWS Architecture Blog, 2015), and a small contention simulation that
-  reproduces the blog's result.
-* A SQLite :class:`Ledger`: charges, and an ``idempotency_keys`` table whose primary key
-  makes claiming a key atomic; a charge handler is ``(ledger, key, request) -> Reply``.
+* Backoff with no, full, equal and decorrelated jitter (Marc Brooker, "Exponential Backoff
+  And Jitter", AWS Architecture Blog, 2015), and a contention simulation of the blog's test.
+* A SQLite :class:`Ledger`: charges, and ``idempotency_keys`` whose primary key makes a
+  claim atomic and whose lease lets a retry take over from a crashed request.
 * A retrying HTTP client (:func:`post_with_retries`): timeouts, a retry policy, a log.
 
-The payment and order services that serve all this over HTTP (and their shell CLI) are in
-``labsupport/services/api_communication.py``; the exercise checker in
-``labsupport/checks/``, the figures in ``labsupport/explore/``.
+The HTTP services are in ``services/api_communication.py``, the checker in ``checks/``.
 """
 
 from __future__ import annotations
@@ -93,12 +86,10 @@ def simulate_contention(clients: int, strategy: Strategy, *, base_ms: float = 10
                         seed: int = 0) -> ContentionResult:
     """N clients each write once to one resource under optimistic concurrency; losers back off.
 
-    The model (the one behind the AWS blog's charts): all clients start at t = 0. An attempt
-    reads the resource's version at ``t`` and commits at ``t + call_ms``; the commit wins
-    only if nobody else committed after our read (compare-and-swap). A loser sleeps
-    ``backoff_delay(n, strategy, …)`` after its n-th failure and tries again. Simulated
-    time, so the result does not depend on how busy the machine is.
-    """
+    The blog's model: all clients start at t = 0; an attempt reads at ``t`` and commits at
+    ``t + call_ms``, and wins only if nobody committed after its read (compare-and-swap). A
+    loser sleeps ``backoff_delay(n, strategy, …)`` after its n-th failure and tries again.
+    Simulated time: the result does not depend on how busy the machine is."""
     if clients < 1:
         raise ValueError("clients must be >= 1")
     rng = np.random.default_rng(seed)
@@ -110,9 +101,7 @@ def simulate_contention(clients: int, strategy: Strategy, *, base_ms: float = 10
     heap: list[tuple[float, int, float, int, float | None]] = [
         (duration(), c, 0.0, 0, None) for c in range(clients)]
     heapq.heapify(heap)
-    last_commit = -np.inf  # ms, time of the last successful write
-    calls = clients
-    finish: list[float] = []
+    last_commit, calls, finish = -np.inf, clients, []  # ms of the last write; attempts; done
     while heap:
         commit_at, client, read_at, failures, slept = heapq.heappop(heap)
         if last_commit <= read_at:  # nobody wrote since we read: our write wins
@@ -129,10 +118,7 @@ def simulate_contention(clients: int, strategy: Strategy, *, base_ms: float = 10
 # --- 2. The ledger (SQLite): charges and idempotency keys ---------------------------
 
 STRIPE_KEY_TTL = 24 * 3600.0  # seconds; Stripe may prune keys once they are at least 24 h old
-# seconds a claim stays locked before a retry may take it over (a crashed request never
-# finishes): Brandur Leach's IDEMPOTENCY_KEY_LOCK_TIMEOUT in "Implementing Stripe-like
-# Idempotency Keys in Postgres" (rocket-rides-atomic) is 90 s.
-KEY_LEASE = 90.0
+KEY_LEASE = 90.0  # seconds a claim stays locked: Brandur Leach's IDEMPOTENCY_KEY_LOCK_TIMEOUT
 MAX_KEY_LENGTH = 255  # characters; Stripe's limit
 
 
@@ -229,10 +215,9 @@ class Ledger:
 
     def charge(self, request: ChargeRequest, key: str | None = None,
                processor_key: str | None = None) -> dict[str, Any]:
-        """Charge the card (takes ``processor_delay`` s) and record it; returns the charge
-        as a JSON-ready dict. Without ``processor_key`` every call charges again. With it,
-        the card network's own idempotency (as Stripe's API offers): a second charge with
-        the same ``processor_key`` charges nothing and returns the first one."""
+        """Charge the card (``processor_delay`` s) and return the charge. Every call charges
+        again, unless ``processor_key`` is given: the card network's own idempotency (as
+        Stripe's API offers) then returns the first charge made with that key."""
         if self.processor_delay > 0:
             time.sleep(self.processor_delay)  # the card network
         charge = {"charge_id": "ch_" + uuid.uuid4().hex[:16], **request.as_dict(),
@@ -254,11 +239,8 @@ class Ledger:
     def charges(self, order_id: str | None = None) -> list[dict[str, Any]]:
         """All charges (of one order, if given), oldest first."""
         with self._connect() as db:
-            if order_id is None:
-                rows = db.execute("SELECT * FROM charges ORDER BY created_at, rowid").fetchall()
-            else:
-                rows = db.execute("SELECT * FROM charges WHERE order_id = ? "
-                                  "ORDER BY created_at, rowid", (order_id,)).fetchall()
+            rows = db.execute("SELECT * FROM charges WHERE ?1 IS NULL OR order_id = ?1 "
+                              "ORDER BY created_at, rowid", (order_id,)).fetchall()
         return [dict(r) for r in rows]
 
     def count_charges(self, order_id: str | None = None) -> int:
@@ -269,14 +251,12 @@ class Ledger:
     def claim_key(self, key: str, fingerprint: str) -> bool:
         """Atomically claim ``key`` for a request with this payload ``fingerprint``.
 
-        True: this request owns the key now: the row was inserted as ``in_flight``, or it
-        was in flight with the same fingerprint and its lease (``lease`` s from
-        ``locked_at``) had run out, so the request that held it crashed or hangs and this
-        one takes it over (it must then ask the card network before charging again:
-        :meth:`find_charge`). False: the key exists already (in flight, done or another
-        payload; look at :meth:`get_key`). One transaction holding the write lock, never
-        check-then-insert: two racing requests cannot both win. An expired key is deleted
-        first, in the same transaction.
+        True: this request owns the key: the row was inserted as ``in_flight``, or it was
+        in flight with this fingerprint and its lease (``lease`` s from ``locked_at``) ran
+        out, so its request crashed or hangs and this one takes over (charging with the
+        card network's own key, so a charge already made is not repeated). False: the key
+        is in flight, done or another payload's (see :meth:`get_key`). One transaction
+        holding the write lock, never check-then-insert; an expired key is deleted first.
         """
         now = self.clock()
         db = self._connect()
@@ -309,9 +289,8 @@ class Ledger:
                              (key, self.clock())).fetchone()
         if row is None:
             return None
-        reply = None
-        if row["status"] == "done":
-            reply = Reply(int(row["response_code"]), json.loads(row["response_body"]))
+        done = row["status"] == "done"
+        reply = Reply(int(row["response_code"]), json.loads(row["response_body"])) if done else None
         return KeyRecord(row["key"], row["fingerprint"], row["status"] == "in_flight", reply,
                          row["created_at"], row["expires_at"])
 
@@ -334,8 +313,7 @@ class Ledger:
                        (key,))
 
 
-# A charge handler: (ledger, Idempotency-Key or None, request) -> Reply. The payment
-# service calls it for every POST /charges; the exercise asks you to write one.
+# A charge handler, called for every POST /charges (the exercise asks you to write one):
 ChargeHandler = Callable[[Ledger, "str | None", ChargeRequest], Reply]
 
 
