@@ -174,10 +174,15 @@ def shipped_starters(path: Path | None = None) -> dict[str, list[str]]:
     return data if isinstance(data, dict) else {}
 
 
+def _starter_of(cell: dict) -> str | None:
+    """The exercise id a notebook cell is the starter of (``metadata.labsupport.starter``)."""
+    return cell.get("metadata", {}).get("labsupport", {}).get("starter")
+
+
 def starter_cells(notebook: dict, exercise_id: str) -> list[str]:
-    """The sources of the cells tagged ``metadata.labsupport.starter == exercise_id``."""
+    """The sources of the starter cells of ``exercise_id`` in a notebook (nbformat JSON)."""
     return ["".join(c.get("source", [])) for c in notebook.get("cells", [])
-            if c.get("metadata", {}).get("labsupport", {}).get("starter") == exercise_id]
+            if _starter_of(c) == exercise_id]
 
 
 # --- when cells ran ------------------------------------------------------------------
@@ -232,14 +237,15 @@ def _edited_after_run(exercise_id: str, d: Definition) -> str:
             f"(Shift+Enter), then this check again.")
 
 
-def answer_cell(name: str = ANSWER_NAME) -> Definition | None:
-    """The last cell before the running one that assigned ``name`` (None outside IPython).
+def answer_cell(answer: Any, name: str = ANSWER_NAME) -> Definition | None:
+    """The last cell before the running one that assigned ``name``, when ``answer`` is what
+    ``name`` holds (a step's check judges another object); None outside IPython.
 
     The running cell (IPython stores a cell in its history before running it: the last
     entry) is left out: some check cells set ``my_answer`` themselves."""
     shell = _shell()
     history = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None)
-    if not history:
+    if not history or shell.user_ns.get(name, object()) is not answer:
         return None
     assigns = re.compile(rf"^{re.escape(name)}\s*[:=]", re.MULTILINE)
     for number in range(len(history) - 2, 0, -1):
@@ -253,7 +259,7 @@ def answer_cell(name: str = ANSWER_NAME) -> Definition | None:
 def describe(exercise_id: str, answer: Any) -> Judged | None:
     """What a check of ``exercise_id`` judges in ``answer``: the cell that set ``my_answer``
     and the functions the answer holds (None when there is neither)."""
-    assigned = answer_cell()
+    assigned = answer_cell(answer)
     definitions = ((assigned,) if assigned else ()) + tuple(
         definition(fn) for fn in functions_in(answer))
     if not definitions:
@@ -271,8 +277,7 @@ def starters_registry(notebooks: list[Path]) -> dict[str, list[str]]:
     registry: dict[str, list[str]] = {}
     for path in sorted(notebooks):
         for cell in json.loads(path.read_text()).get("cells", []):
-            exercise_id = cell.get("metadata", {}).get("labsupport", {}).get("starter")
-            if exercise_id:
+            if exercise_id := _starter_of(cell):
                 registry.setdefault(exercise_id, []).append(fingerprint("".join(cell["source"])))
     return registry
 

@@ -89,6 +89,8 @@ def test_box_names_the_cell_that_set_my_answer_even_for_a_value(shell):
     found = judged.describe(EXERCISE, shell.user_ns["my_answer"])
     assert found is not None and f"my_answer, set in cell In [{number}]" in found.text()
     assert "my_answer = {&#x27;cause&#x27;" in found.html()
+    other = judged.describe(EXERCISE, {"cause": "network"})  # a step's check, another object
+    assert other is None
 
 
 def test_untouched_starter_is_not_started_and_not_an_attempt(shell, tmp_path):
