@@ -115,7 +115,7 @@ def simulate_contention(clients: int, strategy: Strategy, *, base_ms: float = 10
     return ContentionResult(strategy, clients, calls, np.sort(np.array(finish)))
 
 
-# --- 2. The ledger (SQLite): charges and idempotency keys ---------------------------
+# --- 2. The ledger (SQLite): idempotency keys, payments, and the card network -------
 
 STRIPE_KEY_TTL = 24 * 3600.0  # seconds; Stripe may prune keys once they are at least 24 h old
 KEY_LEASE = 90.0  # seconds a claim stays locked: Brandur Leach's IDEMPOTENCY_KEY_LOCK_TIMEOUT
@@ -142,26 +142,31 @@ class Reply(NamedTuple):
     body: dict[str, Any]
 
 
-def fingerprint(request: ChargeRequest) -> str:
-    """SHA-256 of the request's canonical JSON: same payload, same fingerprint."""
-    canonical = json.dumps(request.as_dict(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def fingerprint(body: dict[str, Any]) -> str:
+    """SHA-256 of the body's canonical JSON (keys sorted at every depth, no spaces): the
+    same payload gives the same fingerprint, in any key order and in any process."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
-class KeyRecord:
-    """One row of ``idempotency_keys``."""
-
-    key: str
-    fingerprint: str
-    in_flight: bool  # claimed, no response stored yet
-    reply: Reply | None  # the stored first response, once there is one
-    created_at: float  # seconds (ledger clock)
-    expires_at: float
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key             TEXT PRIMARY KEY,      -- the unique constraint that makes a claim atomic
+    fingerprint     TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('in_flight', 'done')),
+    response_code   INTEGER,               -- the stored first response, once done
+    response_body   TEXT,
+    created_at      REAL NOT NULL,         -- seconds
+    expires_at      REAL NOT NULL,
+    locked_at       REAL                   -- when the request that holds the claim took it
+);
+CREATE TABLE IF NOT EXISTS payments (      -- the service's books: orders it knows are paid
+    charge_id       TEXT PRIMARY KEY,
+    order_id        TEXT NOT NULL,
+    amount_cents    INTEGER NOT NULL,
+    idempotency_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charges (       -- the card network's side: money actually taken
     charge_id       TEXT PRIMARY KEY,
     order_id        TEXT NOT NULL,
     amount_cents    INTEGER NOT NULL,
@@ -170,26 +175,73 @@ CREATE TABLE IF NOT EXISTS charges (
     created_at      REAL NOT NULL,
     processor_key   TEXT UNIQUE            -- the card network's own idempotency key (or NULL)
 );
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key             TEXT PRIMARY KEY,      -- the unique constraint that makes a claim atomic
-    fingerprint     TEXT NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('in_flight', 'done')),
-    response_code   INTEGER,
-    response_body   TEXT,
-    created_at      REAL NOT NULL,
-    expires_at      REAL NOT NULL,
-    locked_at       REAL                   -- when the request that holds the claim took it
-);
 """
+
+Outcome = Literal["claimed", "in_flight", "replay", "mismatch"]
+
+
+def claim_key(db: sqlite3.Connection, key: str, fingerprint: str, now: float,
+              lease: float, ttl: float = STRIPE_KEY_TTL) -> Outcome:
+    """Claim ``key`` for a request with this payload ``fingerprint``, atomically.
+
+    ``"claimed"``: this request owns the key and may charge: the row was inserted, or it
+    was in flight with this fingerprint and its lease (``lease`` s from ``locked_at``) ran
+    out, so its request crashed or hangs and this one takes over. ``"mismatch"``: the key
+    belongs to another payload. ``"replay"``: its response is stored. ``"in_flight"``:
+    another request holds it. One transaction holding SQLite's write lock (``BEGIN
+    IMMEDIATE``), never a read and then a separate insert. ``db`` is in autocommit mode
+    (``isolation_level=None``); ``now`` and ``lease`` in seconds.
+    """
+    db.execute("BEGIN IMMEDIATE")  # the write lock, for every statement until COMMIT
+    try:
+        inserted = db.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at, "
+            "locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+            (key, fingerprint, now, now + ttl, now)).rowcount == 1
+        outcome: Outcome = "claimed"
+        if not inserted:
+            stored_fp, status, locked_at = db.execute(
+                "SELECT fingerprint, status, locked_at FROM idempotency_keys WHERE key = ?",
+                (key,)).fetchone()
+            if stored_fp != fingerprint:
+                outcome = "mismatch"
+            elif status == "done":
+                outcome = "replay"
+            elif locked_at > now - lease:
+                outcome = "in_flight"
+            else:  # the lease ran out: take the claim over
+                db.execute("UPDATE idempotency_keys SET locked_at = ? WHERE key = ?", (now, key))
+        db.execute("COMMIT")
+        return outcome
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def finish(db: sqlite3.Connection, key: str, charge: dict[str, Any], reply: Reply) -> None:
+    """Record the payment and store ``reply`` for ``key``, in ONE transaction: a crash
+    leaves both or neither, never a paid order without its response or the reverse."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("INSERT INTO payments VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (charge["charge_id"], charge["order_id"], charge["amount_cents"], key))
+        db.execute("UPDATE idempotency_keys SET status = 'done', response_code = ?, "
+                   "response_body = ?, locked_at = NULL WHERE key = ?",
+                   (int(reply.status), json.dumps(reply.body), key))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class Ledger:
     """The payment service's durable state: a SQLite file, so a restart loses nothing.
 
     Every method opens its own short-lived connection, so the ledger can be shared by the
-    server's worker threads. ``processor_delay`` (seconds) stands for the call to the card
-    network inside :meth:`charge`; it is what makes races visible. ``clock`` (seconds) is
-    injectable so that key expiry can be shown without waiting a day.
+    server's worker threads. The ``charges`` table stands for the card network, a separate
+    system in real life: :meth:`charge` takes the money (``processor_delay`` s, which is
+    what makes races visible) and commits on its own. ``clock`` (seconds) is injectable so
+    that key expiry can be shown without waiting a day.
     """
 
     def __init__(self, path: str | Path, *, key_ttl: float = STRIPE_KEY_TTL,
@@ -201,29 +253,69 @@ class Ledger:
         self.processor_delay = processor_delay
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN ourselves; timeout: wait for the write lock
+    def connect(self) -> sqlite3.Connection:
+        """A new connection in autocommit mode (we issue BEGIN ourselves) that waits up to
+        30 s for the write lock. Close it when done (``contextlib.closing``)."""
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         db.row_factory = sqlite3.Row
         return db
 
-    # --- charges -------------------------------------------------------------------
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        db = self.connect()
+        try:
+            return fn(db, *args)
+        finally:
+            db.close()
+
+    # --- idempotency keys ----------------------------------------------------------
+
+    def claim(self, key: str, fingerprint: str) -> Outcome:
+        """:func:`claim_key` at the ledger's clock, after pruning expired keys."""
+        now = self.clock()
+        with self.connect() as db:
+            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND expires_at <= ?", (key, now))
+        return self._run(claim_key, key, fingerprint, now, self.lease, self.key_ttl)
+
+    def stored_reply(self, key: str) -> Reply | None:
+        """The response stored for ``key`` (after ``"replay"``), or None."""
+        with self.connect() as db:
+            row = db.execute("SELECT response_code, response_body FROM idempotency_keys WHERE "
+                             "key = ? AND status = 'done'", (key,)).fetchone()
+        return None if row is None else Reply(int(row[0]), json.loads(row[1]))
+
+    def finish(self, key: str, charge: dict[str, Any], reply: Reply) -> None:
+        """:func:`finish`: the payment and the response, in one transaction."""
+        self._run(finish, key, charge, reply)
+
+    def release(self, key: str) -> None:
+        """Forget a claim whose request failed before charging, so a retry can run."""
+        with self.connect() as db:
+            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND status = 'in_flight'",
+                       (key,))
+
+    def key_status(self, key: str) -> str | None:
+        """``"in_flight"``, ``"done"`` or None (no such key)."""
+        with self.connect() as db:
+            row = db.execute("SELECT status FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    # --- the card network ----------------------------------------------------------
 
     def charge(self, request: ChargeRequest, key: str | None = None,
                processor_key: str | None = None) -> dict[str, Any]:
-        """Charge the card (``processor_delay`` s) and return the charge. Every call charges
-        again, unless ``processor_key`` is given: the card network's own idempotency (as
-        Stripe's API offers) then returns the first charge made with that key."""
+        """Charge the card and return the charge. Every call charges again, unless
+        ``processor_key`` is given: the card network's own idempotency (as Stripe's API
+        offers) then returns the first charge made with that key."""
         if self.processor_delay > 0:
             time.sleep(self.processor_delay)  # the card network
         charge = {"charge_id": "ch_" + uuid.uuid4().hex[:16], **request.as_dict(),
                   "idempotency_key": key, "created_at": round(self.clock(), 6),
                   "processor_key": processor_key}
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("INSERT INTO charges VALUES (:charge_id, :order_id, :amount_cents, "
                        ":currency, :idempotency_key, :created_at, :processor_key) "
                        "ON CONFLICT(processor_key) DO NOTHING", charge)
@@ -231,86 +323,27 @@ class Ledger:
 
     def find_charge(self, processor_key: str) -> dict[str, Any] | None:
         """Ask the card network: the charge made with ``processor_key``, or None."""
-        with self._connect() as db:
+        with self.connect() as db:
             row = db.execute("SELECT * FROM charges WHERE processor_key = ?",
                              (processor_key,)).fetchone()
         return None if row is None else dict(row)
 
     def charges(self, order_id: str | None = None) -> list[dict[str, Any]]:
-        """All charges (of one order, if given), oldest first."""
-        with self._connect() as db:
+        """Money taken (of one order, if given), oldest first."""
+        with self.connect() as db:
             rows = db.execute("SELECT * FROM charges WHERE ?1 IS NULL OR order_id = ?1 "
                               "ORDER BY created_at, rowid", (order_id,)).fetchall()
         return [dict(r) for r in rows]
 
+    def payments(self, order_id: str | None = None) -> list[dict[str, Any]]:
+        """The service's books: the payments it recorded (of one order, if given)."""
+        with self.connect() as db:
+            rows = db.execute("SELECT * FROM payments WHERE ?1 IS NULL OR order_id = ?1 "
+                              "ORDER BY rowid", (order_id,)).fetchall()
+        return [dict(r) for r in rows]
+
     def count_charges(self, order_id: str | None = None) -> int:
         return len(self.charges(order_id))
-
-    # --- idempotency keys ----------------------------------------------------------
-
-    def claim_key(self, key: str, fingerprint: str) -> bool:
-        """Atomically claim ``key`` for a request with this payload ``fingerprint``.
-
-        True: this request owns the key: the row was inserted as ``in_flight``, or it was
-        in flight with this fingerprint and its lease (``lease`` s from ``locked_at``) ran
-        out, so its request crashed or hangs and this one takes over (charging with the
-        card network's own key, so a charge already made is not repeated). False: the key
-        is in flight, done or another payload's (see :meth:`get_key`). One transaction
-        holding the write lock, never check-then-insert; an expired key is deleted first.
-        """
-        now = self.clock()
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock for all three statements
-            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND expires_at <= ?",
-                       (key, now))
-            cur = db.execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at, "
-                "locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
-                (key, fingerprint, now, now + self.key_ttl, now))
-            if cur.rowcount == 0:  # taken: take over a claim whose lease ran out
-                cur = db.execute(
-                    "UPDATE idempotency_keys SET locked_at = ? WHERE key = ? AND fingerprint = ? "
-                    "AND status = 'in_flight' AND locked_at <= ?",
-                    (now, key, fingerprint, now - self.lease))
-            db.execute("COMMIT")
-            return cur.rowcount == 1
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
-
-    def get_key(self, key: str) -> KeyRecord | None:
-        """The record of ``key``, or None if there is none or it has expired."""
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM idempotency_keys WHERE key = ? AND expires_at > ?",
-                             (key, self.clock())).fetchone()
-        if row is None:
-            return None
-        done = row["status"] == "done"
-        reply = Reply(int(row["response_code"]), json.loads(row["response_body"])) if done else None
-        return KeyRecord(row["key"], row["fingerprint"], row["status"] == "in_flight", reply,
-                         row["created_at"], row["expires_at"])
-
-    def save_response(self, key: str, fingerprint: str, reply: Reply) -> None:
-        """Store the response for ``key`` durably (insert or overwrite), status ``done``."""
-        now = self.clock()
-        status, body = int(reply[0]), reply[1]
-        with self._connect() as db:
-            db.execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, status, response_code, "
-                "response_body, created_at, expires_at) VALUES (?, ?, 'done', ?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET status = 'done', fingerprint = excluded.fingerprint, "
-                "response_code = excluded.response_code, response_body = excluded.response_body",
-                (key, fingerprint, status, json.dumps(body), now, now + self.key_ttl))
-
-    def release_key(self, key: str) -> None:
-        """Forget a claim whose request failed before charging, so a retry can run."""
-        with self._connect() as db:
-            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND status = 'in_flight'",
-                       (key,))
 
 
 # A charge handler, called for every POST /charges (the exercise asks you to write one):

@@ -15,7 +15,9 @@ what the function changes in it is gone when the process ends, as after a restar
 
 from __future__ import annotations
 
+import __future__
 import inspect
+import linecache
 import os
 import pickle
 import subprocess
@@ -31,6 +33,8 @@ CELL_FILENAME = "<your cell>"  # the child compiles learner code under this name
 
 # What the child runs: read the payload, define the learner's code in __main__ (so
 # pickled classes resolve), call the function, pickle back value or error.
+# The learner's source is compiled with annotations kept as text (as under `from
+# __future__ import annotations`): a type hint may name things the code never uses.
 _CHILD = r'''
 import pickle, sys, traceback
 payload_path, result_path = sys.argv[1], sys.argv[2]
@@ -39,11 +43,9 @@ with open(payload_path, "rb") as f:
 main = sys.modules["__main__"].__dict__
 result = {}
 try:
-    for line in payload["imports"]:
-        exec(line, main)
-    main.update(payload["values"])
-    exec(compile(payload["source"], payload["filename"], "exec"), main)
-    value = main[payload["name"]](*payload["args"], **payload["kwargs"])
+    from labsupport.fresh_process import rebuild
+    fn = rebuild(payload, main)
+    value = fn(*payload["args"], **payload["kwargs"])
     pickle.dumps(value)  # fail here, with a clear message, if it cannot be sent back
     result["value"] = value
 except BaseException as exc:
@@ -137,6 +139,20 @@ def program(fn: Any) -> dict[str, Any]:
     sources[fn.__name__] = _source(fn)  # last: after what it uses
     return {"name": fn.__name__, "source": "\n\n".join(sources.values()),
             "imports": list(imports.values()), "values": values}
+
+
+def rebuild(payload: dict[str, Any], namespace: dict[str, Any] | None = None) -> Any:
+    """The function a :func:`program` payload describes, defined again in ``namespace``
+    (a new module namespace by default): what a process of its own serves."""
+    namespace = {"__name__": "__main__"} if namespace is None else namespace
+    for line in payload["imports"]:
+        exec(line, namespace)
+    namespace.update(payload["values"])
+    filename = payload.get("filename", CELL_FILENAME)
+    source = payload["source"]
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # tracebacks
+    exec(compile(source, filename, "exec", flags=__future__.annotations.compiler_flag), namespace)
+    return namespace[payload["name"]]
 
 
 def run_fresh(fn: Any, *args: Any, timeout: float = 60.0, **kwargs: Any) -> FreshResult:

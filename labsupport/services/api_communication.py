@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -65,21 +66,66 @@ stop_all = servers.stop_all
 
 @dataclass
 class Faults:
-    """The fault switch: ``lose_next`` responses are committed, then never delivered."""
+    """The fault switches, each for the next ``n`` charges (POST /faults sets them)."""
 
-    lose_next: int = 0
+    lose_next: int = 0  # responses committed, then never delivered
+    fail_charges: int = 0  # the card network is down: the next charges fail, nothing taken
+    crash_after: str | None = None  # SIGKILL the process when a charge gets past this point
     hold_seconds: float = 30.0  # a lost response is held until the client gives up
     lost: int = 0  # how many responses were lost so far
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def take(self) -> bool:
-        """True if this response is to be lost (and count it)."""
+    def take(self, switch: str = "lose_next") -> bool:
+        """True if this response (or charge) is to be lost (or fail), and count it down."""
         with self._lock:
-            if self.lose_next > 0:
-                self.lose_next -= 1
-                self.lost += 1
+            if getattr(self, switch) > 0:
+                setattr(self, switch, getattr(self, switch) - 1)
+                self.lost += switch == "lose_next"
                 return True
             return False
+
+
+class CardNetworkDown(RuntimeError):
+    """The card network refused the charge before taking any money (a fault switch)."""
+
+
+# --- Crashes: the process dies at a chosen point of a charge ------------------------
+
+CRASH_POINTS = ("claim", "charge", "response")  # after the key is claimed, after the card
+# network charged, after the payment and response were stored: where a crash can leave a key
+
+
+class FaultyLedger(Ledger):
+    """The ledger a payment service hands its handler, with the fault switches applied:
+    the card network can be down, and (in a service process of its own, never in the
+    notebook's kernel) the process can be killed with SIGKILL, no cleanup and no finally,
+    as a power cut or an OOM kill does, the first time a charge gets past a crash point."""
+
+    def __init__(self, path: str | Path, faults: Faults, own_process: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.faults, self.own_process = faults, own_process
+
+    def _maybe_die(self, point: str) -> None:
+        if self.own_process and self.faults.crash_after == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def claim(self, key: str, fingerprint: str) -> api.Outcome:
+        outcome = super().claim(key, fingerprint)
+        if outcome == "claimed":
+            self._maybe_die("claim")
+        return outcome
+
+    def charge(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self.faults.take("fail_charges"):
+            raise CardNetworkDown("the card network did not answer; nothing was charged")
+        charge = super().charge(*args, **kwargs)
+        self._maybe_die("charge")
+        return charge
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        super().finish(*args, **kwargs)
+        self._maybe_die("response")
 
 
 def parse_idempotency_key(raw: str | None) -> str | None:
@@ -186,10 +232,12 @@ def describe_handler_exception(exc: BaseException) -> str:
 class PaymentService:
     """The payment service: a FastAPI app around a :class:`Ledger` and a charge handler."""
 
-    def __init__(self, ledger: Ledger, handler: ChargeHandler) -> None:
-        self.ledger = ledger
-        self.handler = handler
+    def __init__(self, ledger: Ledger, handler: ChargeHandler, own_process: bool = False) -> None:
         self.faults = Faults()
+        self.ledger = FaultyLedger(ledger.path, self.faults, own_process, key_ttl=ledger.key_ttl,
+                                   lease=ledger.lease, processor_delay=ledger.processor_delay,
+                                   clock=ledger.clock)
+        self.handler = handler
         self.failures: list[HandlerError] = []  # requests the handler failed, in order
         self.app = self._build_app()
 
@@ -206,6 +254,8 @@ class PaymentService:
         try:
             reply = self.handler(self.ledger, key, request)
         except Exception as exc:  # noqa: BLE001 - a handler bug is a 500, and is reported
+            if self.ledger.own_process:  # the log the checks' run_row prints
+                traceback.print_exc()
             return self._fail(HandlerError(describe_handler_exception(exc)))
         try:
             status, body = reply  # a Reply or any (status, body) pair
@@ -246,12 +296,20 @@ class PaymentService:
             return self.ledger.charges(order_id)
 
         @app.post("/faults")
-        def set_faults(body: dict[str, Any]) -> dict[str, Any]:
-            n = body.get("lose_next", 0)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                return _problem(400, "Bad Request", "lose_next must be a non-negative integer")
-            self.faults.lose_next = n
-            return {"lose_next": self.faults.lose_next, "lost": self.faults.lost}
+        def set_faults(body: dict[str, Any]) -> Any:
+            counts = {k: body[k] for k in ("lose_next", "fail_charges") if k in body}
+            if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts.values()):
+                return _problem(400, "Bad Request", "lose_next and fail_charges are integers >= 0")
+            crash = body.get("crash_after")
+            if crash is not None and (crash not in CRASH_POINTS or not self.ledger.own_process):
+                return _problem(400, "Bad Request", f"crash_after is one of {CRASH_POINTS}, and "
+                                "only for a service in a process of its own")
+            for name, n in counts.items():
+                setattr(self.faults, name, n)
+            if "crash_after" in body:
+                self.faults.crash_after = crash
+            return {"lose_next": self.faults.lose_next, "fail_charges": self.faults.fail_charges,
+                    "crash_after": self.faults.crash_after, "lost": self.faults.lost}
 
         @app.get("/health")
         def health() -> dict[str, Any]:
@@ -411,40 +469,55 @@ def order_async(base_url: str, amount_cents: int, client: httpx.Client,
     return PathTiming("async", accepted, time.perf_counter() - started, state["work_seconds"], polls)
 
 
-# --- Crashes: the process dies at a chosen point of a charge ------------------------
+# --- The payment service as a process of its own (a real restart, a real SIGKILL) ---
 
-CRASH_POINTS = ("claim", "charge", "response")  # after the key is claimed, after the card
-# network charged, after the response was stored: the three places a crash can leave a key
+START_TIMEOUT = 60.0  # seconds for a new service process to answer /health (a busy machine)
 
 
-class CrashingLedger(Ledger):
-    """A ledger whose process is killed (SIGKILL: no cleanup, no finally) the first time a
-    charge gets past ``crash_after``: what a power cut or an OOM kill does to a service."""
+def start_payment_process(db: Path, *, handler_payload: Path | None = None,
+                          lease: float = api.KEY_LEASE, processor_delay: float = 0.05,
+                          crash_after: str | None = None,
+                          log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m labsupport.services.api_communication`` on ``db`` and a free port;
+    return the process and its URL once it answers. ``handler_payload``: a pickled
+    :func:`labsupport.fresh_process.program` of the charge handler (default: the answer
+    key's). The caller kills the process; ``log`` collects what it prints."""
+    port_file = db.with_name(f"{db.stem}-{uuid.uuid4().hex[:8]}.port")
+    command = [sys.executable, "-m", __name__, "--port", "0", "--port-file", str(port_file),
+               "--db", str(db), "--lease", str(lease), "--processor-delay", str(processor_delay),
+               "--log-level", "warning"]
+    if handler_payload is not None:
+        command += ["--handler-payload", str(handler_payload)]
+    if crash_after:
+        command += ["--crash-after", crash_after]
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
+    try:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log:
+            out.close()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        if port_file.exists() and (text := port_file.read_text().strip()):
+            url = f"http://127.0.0.1:{text}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    port_file.unlink()
+                    return process, url
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"the payment service process did not start (exit code {process.poll()})")
 
-    def __init__(self, path: str | Path, crash_after: str, **kwargs: Any) -> None:
-        if crash_after not in CRASH_POINTS:
-            raise ValueError(f"crash_after must be one of {CRASH_POINTS}, not {crash_after!r}")
-        super().__init__(path, **kwargs)
-        self.crash_after = crash_after
 
-    def _maybe_die(self, point: str) -> None:
-        if point == self.crash_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+def load_handler(payload_path: Path) -> ChargeHandler:
+    """The charge handler rebuilt from a pickled :func:`fresh_process.program`."""
+    import pickle
 
-    def claim_key(self, key: str, fingerprint: str) -> bool:
-        claimed = super().claim_key(key, fingerprint)
-        if claimed:
-            self._maybe_die("claim")
-        return claimed
+    from labsupport import fresh_process
 
-    def charge(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        charge = super().charge(*args, **kwargs)
-        self._maybe_die("charge")
-        return charge
-
-    def save_response(self, *args: Any, **kwargs: Any) -> None:
-        super().save_response(*args, **kwargs)
-        self._maybe_die("response")
+    return fresh_process.rebuild(pickle.loads(payload_path.read_bytes()))
 
 
 # --- From the shell -----------------------------------------------------------------
@@ -452,29 +525,41 @@ class CrashingLedger(Ledger):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the payment service (curl it).")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="0: a free port")
+    parser.add_argument("--port-file", type=Path, help="write the port here once serving")
     parser.add_argument("--db", type=Path, default=Path.home() / ".labsupport" / "payments.sqlite",
                         help="the SQLite ledger (kept across restarts)")
     parser.add_argument("--handler", choices=("idempotent", "naive"), default="idempotent")
+    parser.add_argument("--handler-payload", type=Path,
+                        help="a pickled fresh_process.program of a handler (the checks use it)")
     parser.add_argument("--processor-delay", type=float, default=0.2, help="seconds per charge")
     parser.add_argument("--lease", type=float, default=api.KEY_LEASE,
                         help="seconds before a retry may take over a claimed key")
     parser.add_argument("--crash-after", choices=CRASH_POINTS, default=None,
                         help="kill this process (SIGKILL) when the first charge gets there")
+    parser.add_argument("--log-level", default="info", help="uvicorn's: info logs every request")
     args = parser.parse_args(argv)
-    if args.handler == "idempotent":
+    if args.handler_payload:
+        handler = load_handler(args.handler_payload)
+    elif args.handler == "idempotent":
         from labsupport.solutions.api_communication import idempotent_charge as handler
     else:
         handler = naive_charge
-    options = {"processor_delay": args.processor_delay, "lease": args.lease}
-    ledger = (CrashingLedger(args.db, args.crash_after, **options) if args.crash_after
-              else Ledger(args.db, **options))
-    service = PaymentService(ledger, handler)
-    print(f"payment service ({args.handler} handler), ledger {args.db}\n"
-          f"  curl -i -X POST localhost:{args.port}/charges -H 'Content-Type: application/json' "
+    ledger = Ledger(args.db, processor_delay=args.processor_delay, lease=args.lease)
+    service = PaymentService(ledger, handler, own_process=True)
+    service.faults.crash_after = args.crash_after
+    server = serve(service.app, "payments", port=args.port, log_level=args.log_level)
+    print(f"payment service, ledger {args.db}, on {server.url}\n"
+          f"  curl -i -X POST {server.url}/charges -H 'Content-Type: application/json' "
           f"-H 'Idempotency-Key: \"k-1\"' -d '{{\"order_id\": \"o-1\", \"amount_cents\": 1500}}'\n"
-          f"  curl localhost:{args.port}/charges")
-    uvicorn.run(service.app, host="127.0.0.1", port=args.port, log_level="info")
+          f"  curl {server.url}/charges", flush=True)
+    if args.port_file:
+        args.port_file.write_text(str(server.port))
+    try:
+        while server.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        server.stop()
 
 
 if __name__ == "__main__":

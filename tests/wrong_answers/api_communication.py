@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from labsupport import api_communication as api
 from labsupport.checks import api_communication as checks
+from labsupport.solutions import api_communication as key
 from labsupport.solutions.api_communication import idempotent_charge
 
 from . import Exercise, WrongAnswer
@@ -25,34 +26,138 @@ def starter():
 
 
 def check_then_insert():
-    """Looks the key up, and charges when it is not there: two racing retries both charge."""
+    """Looks the key up, charges when it is not there, then claims: racing retries all charge."""
     def handler(ledger, key, request):
         if key is None:
             return api.Reply(400, {"error": "Idempotency-Key required"})
-        fp = api.fingerprint(request)
-        record = ledger.get_key(key)
-        if record is not None:
-            if record.fingerprint != fp:
-                return api.Reply(422, {"error": "different payload"})
-            return record.reply or api.Reply(409, {"error": "in progress"})
-        reply = api.Reply(201, ledger.charge(request, key=key))
-        ledger.save_response(key, fp, reply)
+        fp = api.fingerprint(request.as_dict())
+        status = ledger.key_status(key)
+        if status == "done":
+            return ledger.stored_reply(key)
+        if status == "in_flight":
+            return api.Reply(409, {"error": "in progress"})
+        charge = ledger.charge(request, key=key, processor_key=None)
+        ledger.claim(key, fp)
+        reply = api.Reply(201, charge)
+        ledger.finish(key, charge, reply)
         return reply
     return handler
 
 
-def no_fingerprint():
-    """Claims and replays, but never compares the payload: another amount gets the old charge."""
+def stores_before_charging():
+    """Stores a 201 for the key, then charges: when the charge fails, the 201 is a lie."""
     def handler(ledger, key, request):
         if key is None:
             return api.Reply(400, {"error": "Idempotency-Key required"})
-        if not ledger.claim_key(key, "-"):
-            record = ledger.get_key(key)
-            if record is None or record.in_flight or record.reply is None:
-                return api.Reply(409, {"error": "in progress"})
-            return record.reply
-        reply = api.Reply(201, ledger.charge(request, key=key))
-        ledger.save_response(key, "-", reply)
+        outcome = ledger.claim(key, api.fingerprint(request.as_dict()))
+        if outcome == "mismatch":
+            return api.Reply(422, {"error": "different payload"})
+        if outcome == "in_flight":
+            return api.Reply(409, {"error": "in progress"})
+        if outcome == "replay":
+            return ledger.stored_reply(key)
+        planned = {"charge_id": f"ch_{key}", **request.as_dict()}
+        ledger.finish(key, planned, api.Reply(201, planned))  # "done" before the money moves
+        ledger.charge(request, key=key, processor_key=key)
+        return api.Reply(201, planned)
+    return handler
+
+
+_KEYS: dict = {}  # module-level state: what a restart forgets
+
+
+def in_memory_keys():
+    """Keys and replies in a module-level dict: right until the process restarts."""
+    def handler(ledger, key, request):
+        if key is None:
+            return api.Reply(400, {"error": "Idempotency-Key required"})
+        mine = [api.fingerprint(request.as_dict()), None]
+        entry = _KEYS.setdefault(key, mine)  # atomic under the GIL
+        if entry is not mine:
+            if entry[0] != mine[0]:
+                return api.Reply(422, {"error": "different payload"})
+            return entry[1] or api.Reply(409, {"error": "in progress"})
+        charge = ledger.charge(request, key=key)
+        entry[1] = api.Reply(201, charge)
+        ledger.finish(key, charge, entry[1])
+        return entry[1]
+    return handler
+
+
+def in_memory_keys_processor_key():
+    """The same dict, charging with the card network's key: the charge survives, the
+    fingerprint does not, so after a restart another amount is not refused."""
+    def handler(ledger, key, request):
+        if key is None:
+            return api.Reply(400, {"error": "Idempotency-Key required"})
+        mine = [api.fingerprint(request.as_dict()), None]
+        entry = _KEYS.setdefault(key, mine)
+        if entry is not mine:
+            if entry[0] != mine[0]:
+                return api.Reply(422, {"error": "different payload"})
+            return entry[1] or api.Reply(409, {"error": "in progress"})
+        charge = ledger.charge(request, key=key, processor_key=key)
+        entry[1] = api.Reply(201, charge)
+        ledger.finish(key, charge, entry[1])
+        return entry[1]
+    return handler
+
+
+def no_fingerprint():
+    """Claims with a constant fingerprint: another amount gets the old charge back."""
+    def handler(ledger, key, request):
+        if key is None:
+            return api.Reply(400, {"error": "Idempotency-Key required"})
+        outcome = ledger.claim(key, "-")
+        if outcome == "in_flight":
+            return api.Reply(409, {"error": "in progress"})
+        if outcome == "replay":
+            return ledger.stored_reply(key)
+        charge = ledger.charge(request, key=key, processor_key=key)
+        reply = api.Reply(201, charge)
+        ledger.finish(key, charge, reply)
+        return reply
+    return handler
+
+
+def no_processor_key():
+    """The answer key, but charging without the card network's key: a takeover charges twice."""
+    def handler(ledger, key, request):
+        if key is None:
+            return api.Reply(400, {"error": "Idempotency-Key required"})
+        outcome = ledger.claim(key, api.fingerprint(request.as_dict()))
+        if outcome == "mismatch":
+            return api.Reply(422, {"error": "different payload"})
+        if outcome == "in_flight":
+            return api.Reply(409, {"error": "in progress"})
+        if outcome == "replay":
+            return ledger.stored_reply(key)
+        try:
+            charge = ledger.charge(request, key=key)
+        except Exception:
+            ledger.release(key)
+            raise
+        reply = api.Reply(201, charge)
+        ledger.finish(key, charge, reply)
+        return reply
+    return handler
+
+
+def never_releases():
+    """The answer key without release: a charge that failed leaves the key in flight."""
+    def handler(ledger, key, request):
+        if key is None:
+            return api.Reply(400, {"error": "Idempotency-Key required"})
+        outcome = ledger.claim(key, api.fingerprint(request.as_dict()))
+        if outcome == "mismatch":
+            return api.Reply(422, {"error": "different payload"})
+        if outcome == "in_flight":
+            return api.Reply(409, {"error": "in progress"})
+        if outcome == "replay":
+            return ledger.stored_reply(key)
+        charge = ledger.charge(request, key=key, processor_key=key)
+        reply = api.Reply(201, charge)
+        ledger.finish(key, charge, reply)
         return reply
     return handler
 
@@ -66,35 +171,21 @@ def charges_without_key():
     return handler
 
 
-def replays_while_in_flight():
-    """Returns record.reply even while the first request is in flight: None, a 500."""
+def in_flight_returns_nothing():
+    """Forgets the in-flight case: returns None while the first request runs, a 500."""
     def handler(ledger, key, request):
         if key is None:
             return api.Reply(400, {"error": "Idempotency-Key required"})
-        fp = api.fingerprint(request)
-        if not ledger.claim_key(key, fp):
-            record = ledger.get_key(key)
-            if record is not None and record.fingerprint != fp:
-                return api.Reply(422, {"error": "different payload"})
-            return record.reply if record is not None else None
-        reply = api.Reply(201, ledger.charge(request, key=key))
-        ledger.save_response(key, fp, reply)
-        return reply
-    return handler
-
-
-def never_saves_response():
-    """Claims the key and charges, but never stores the response: a retry can only get 409."""
-    def handler(ledger, key, request):
-        if key is None:
-            return api.Reply(400, {"error": "Idempotency-Key required"})
-        fp = api.fingerprint(request)
-        if not ledger.claim_key(key, fp):
-            record = ledger.get_key(key)
-            if record is not None and record.fingerprint != fp:
-                return api.Reply(422, {"error": "different payload"})
-            return api.Reply(409, {"error": "in progress"})
-        return api.Reply(201, ledger.charge(request, key=key))
+        outcome = ledger.claim(key, api.fingerprint(request.as_dict()))
+        if outcome == "mismatch":
+            return api.Reply(422, {"error": "different payload"})
+        if outcome == "replay":
+            return ledger.stored_reply(key)
+        if outcome == "claimed":
+            charge = ledger.charge(request, key=key, processor_key=key)
+            reply = api.Reply(201, charge)
+            ledger.finish(key, charge, reply)
+            return reply
     return handler
 
 
@@ -107,7 +198,296 @@ def hard_coded():
     return handler
 
 
+# --- Step 1: backoff ------------------------------------------------------------------
+
+def no_jitter():
+    """Exponential backoff with no jitter at all: every client of a herd sleeps alike."""
+    def full_jitter(attempt, base, cap, rng):
+        return min(cap, base * 2 ** attempt)
+
+    def decorrelated_jitter(previous, base, cap, rng):
+        return min(cap, 3 * (base if previous is None else previous))
+    return full_jitter, decorrelated_jitter
+
+
+def uncapped_and_from_attempt():
+    """Full jitter without the cap; "decorrelated" grown from a counter, not the last sleep."""
+    def full_jitter(attempt, base, cap, rng):
+        return float(rng.uniform(0, base * 2 ** attempt))
+
+    def decorrelated_jitter(previous, base, cap, rng):
+        return min(cap, float(rng.uniform(0, 3 * base)))
+    return full_jitter, decorrelated_jitter
+
+
+def equal_jitter_and_global_random():
+    """Equal jitter where full was asked; decorrelated from the random module, not the rng."""
+    import random
+
+    def full_jitter(attempt, base, cap, rng):
+        e = min(cap, base * 2 ** attempt)
+        return e / 2 + float(rng.uniform(0, e / 2))
+
+    def decorrelated_jitter(previous, base, cap, rng):
+        return min(cap, random.uniform(base, 3 * (base if previous is None else previous)))
+    return full_jitter, decorrelated_jitter
+
+
+# --- Step 2: the fingerprint ------------------------------------------------------------
+
+def dumps_unsorted():
+    """json.dumps without sort_keys: the same payload in another key order looks new."""
+    import hashlib
+    import json
+
+    def fp(body):
+        return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+    return fp
+
+
+def builtin_hash():
+    """Python's hash(): stable in one process, different after a restart."""
+    import json
+
+    def fp(body):
+        return str(hash(json.dumps(body, sort_keys=True)))
+    return fp
+
+
+def top_level_sort_only():
+    """Sorts the top-level items only: nested objects keep their order."""
+    import hashlib
+
+    def fp(body):
+        return hashlib.sha256(str(sorted(body.items())).encode()).hexdigest()
+    return fp
+
+
+def amount_only():
+    """Fingerprints the amount alone: another currency or order passes as the same."""
+    import hashlib
+
+    def fp(body):
+        return hashlib.sha256(str(body.get("amount_cents")).encode()).hexdigest()
+    return fp
+
+
+def canonical_json_itself():
+    """Stores the whole canonical JSON: right answers, but the key table grows with bodies."""
+    import json
+
+    def fp(body):
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return fp
+
+
+# --- Step 3: the claim ---------------------------------------------------------------------
+
+def claim_check_then_insert():
+    """Reads, then inserts in a second statement: every racing request reads "no key"."""
+    def claim(db, key, fingerprint, now, lease):
+        row = db.execute("SELECT fingerprint, status, locked_at FROM idempotency_keys "
+                         "WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            db.execute("INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, "
+                       "created_at, expires_at, locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?)",
+                       (key, fingerprint, now, now + 86400, now))
+            return "claimed"
+        if row[0] != fingerprint:
+            return "mismatch"
+        if row[1] == "done":
+            return "replay"
+        if row[2] <= now - lease:
+            db.execute("UPDATE idempotency_keys SET locked_at = ? WHERE key = ?", (now, key))
+            return "claimed"
+        return "in_flight"
+    return claim
+
+
+def claim_no_lease():
+    """Atomic insert, but a key in flight stays in flight: a crash blocks it for a day."""
+    def claim(db, key, fingerprint, now, lease):
+        inserted = db.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at, "
+            "locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+            (key, fingerprint, now, now + 86400, now)).rowcount == 1
+        if inserted:
+            return "claimed"
+        stored, status = db.execute("SELECT fingerprint, status FROM idempotency_keys "
+                                    "WHERE key = ?", (key,)).fetchone()
+        if stored != fingerprint:
+            return "mismatch"
+        return "replay" if status == "done" else "in_flight"
+    return claim
+
+
+def claim_takeover_race():
+    """Atomic insert; the takeover reads the lease, then updates unconditionally."""
+    def claim(db, key, fingerprint, now, lease):
+        inserted = db.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at, "
+            "locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+            (key, fingerprint, now, now + 86400, now)).rowcount == 1
+        if inserted:
+            return "claimed"
+        stored, status, locked_at = db.execute(
+            "SELECT fingerprint, status, locked_at FROM idempotency_keys WHERE key = ?",
+            (key,)).fetchone()
+        if stored != fingerprint:
+            return "mismatch"
+        if status == "done":
+            return "replay"
+        if locked_at <= now - lease:
+            db.execute("UPDATE idempotency_keys SET locked_at = ? WHERE key = ?", (now, key))
+            return "claimed"
+        return "in_flight"
+    return claim
+
+
+def claim_forgets_commit():
+    """BEGIN IMMEDIATE and no COMMIT: the claim is never saved and the write lock is held."""
+    def claim(db, key, fingerprint, now, lease):
+        db.execute("BEGIN IMMEDIATE")
+        inserted = db.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at, "
+            "locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+            (key, fingerprint, now, now + 86400, now)).rowcount == 1
+        return "claimed" if inserted else "in_flight"
+    return claim
+
+
+def claim_returns_bool():
+    """Returns True/False as the old API did: the handler cannot tell 409 from 422."""
+    def claim(db, key, fingerprint, now, lease):
+        return db.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, created_at, expires_at, "
+            "locked_at) VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+            (key, fingerprint, now, now + 86400, now)).rowcount == 1
+    return claim
+
+
+# --- Step 4: one transaction ---------------------------------------------------------------
+
+def finish_autocommit():
+    """Two statements, each committing on its own: a crash between them splits them."""
+    import json
+
+    def finish(db, key, charge, reply):
+        db.execute("INSERT INTO payments VALUES (?, ?, ?, ?)",
+                   (charge["charge_id"], charge["order_id"], charge["amount_cents"], key))
+        db.execute("UPDATE idempotency_keys SET status = 'done', response_code = ?, "
+                   "response_body = ? WHERE key = ?", (reply.status, json.dumps(reply.body), key))
+    return finish
+
+
+def finish_response_first():
+    """Stores the response, then records the payment, without a transaction."""
+    import json
+
+    def finish(db, key, charge, reply):
+        db.execute("UPDATE idempotency_keys SET status = 'done', response_code = ?, "
+                   "response_body = ? WHERE key = ?", (reply.status, json.dumps(reply.body), key))
+        db.execute("INSERT INTO payments VALUES (?, ?, ?, ?)",
+                   (charge["charge_id"], charge["order_id"], charge["amount_cents"], key))
+    return finish
+
+
+def finish_never_commits():
+    """BEGIN and both statements, but no COMMIT: nothing is ever saved."""
+    import json
+
+    def finish(db, key, charge, reply):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO payments VALUES (?, ?, ?, ?)",
+                   (charge["charge_id"], charge["order_id"], charge["amount_cents"], key))
+        db.execute("UPDATE idempotency_keys SET status = 'done', response_code = ?, "
+                   "response_body = ? WHERE key = ?", (reply.status, json.dumps(reply.body), key))
+    return finish
+
+
+def finish_str_body():
+    """Stores str(reply.body), not JSON: the replay cannot be read back."""
+    def finish(db, key, charge, reply):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO payments VALUES (?, ?, ?, ?)",
+                   (charge["charge_id"], charge["order_id"], charge["amount_cents"], key))
+        db.execute("UPDATE idempotency_keys SET status = 'done', response_code = ?, "
+                   "response_body = ? WHERE key = ?", (reply.status, str(reply.body), key))
+        db.execute("COMMIT")
+    return finish
+
+
+def finish_no_payment():
+    """Stores the response in a transaction but never records the payment."""
+    import json
+
+    def finish(db, key, charge, reply):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE idempotency_keys SET status = 'done', response_code = ?, "
+                   "response_body = ? WHERE key = ?", (reply.status, json.dumps(reply.body), key))
+        db.execute("COMMIT")
+    return finish
+
+
+def _step(n, answer_key, gallery):
+    return Exercise(id=f"01_api_communication/step-{n}",
+                    check=lambda a: checks.check_step(n, a), answer_key=answer_key,
+                    gallery=gallery)
+
+
+STEPS = [
+    _step(1, lambda: (key.full_jitter, key.decorrelated_jitter), [
+        WrongAnswer("no jitter", "a herd that failed together retries together, forever",
+                    no_jitter, "spread like U(0"),
+        WrongAnswer("uncapped; decorrelated from base only", "sleeps grow without bound, and "
+                    "decorrelated jitter never grows", uncapped_and_from_attempt, "within"),
+        WrongAnswer("equal jitter; global random", "equal jitter is not full jitter; a "
+                    "delay not drawn from the rng cannot be reproduced",
+                    equal_jitter_and_global_random, "spread like U(0"),
+        WrongAnswer("decorrelated from the random module", "not reproducible from the seed",
+                    equal_jitter_and_global_random, "decorrelated: draws from the rng"),
+    ]),
+    _step(2, lambda: key.request_fingerprint, [
+        WrongAnswer("json.dumps unsorted", "a client library that orders keys differently "
+                    "gets 422 for its own retry", dumps_unsorted, "another order"),
+        WrongAnswer("builtin hash()", "after a restart every stored fingerprint mismatches",
+                    builtin_hash, "new process"),
+        WrongAnswer("top-level sort only", "nested objects keep their order",
+                    top_level_sort_only, "another order"),
+        WrongAnswer("amount only", "a reused key for another order passes as a retry",
+                    amount_only, "another payment"),
+        WrongAnswer("the JSON itself", "the key table stores whole bodies",
+                    canonical_json_itself, "a digest"),
+    ]),
+    _step(3, lambda: key.claim, [
+        WrongAnswer("check then insert", "two racing retries both read 'no key' and both "
+                    "charge", claim_check_then_insert, "threads, one new key"),
+        WrongAnswer("no lease", "a crash after the claim blocks the key for 24 hours",
+                    claim_no_lease, "lease that ran out"),
+        WrongAnswer("takeover without re-checking", "twenty retries after a crash all take "
+                    "over and all charge", claim_takeover_race, "one expired lease"),
+        WrongAnswer("forgets COMMIT", "the claim is lost and every other request waits for "
+                    "the lock", claim_forgets_commit, "a new key is claimed"),
+        WrongAnswer("returns a bool", "the handler cannot tell a retry (409) from another "
+                    "payload (422)", claim_returns_bool, "a new key is claimed"),
+    ]),
+    _step(4, lambda: key.finish, [
+        WrongAnswer("two autocommit statements", "a crash between them leaves a payment "
+                    "without its response", finish_autocommit, "a crash before each"),
+        WrongAnswer("response first, no transaction", "a crash leaves a stored 201 for a "
+                    "payment that was never recorded", finish_response_first, "a crash before each"),
+        WrongAnswer("never commits", "nothing is saved: every retry charges again",
+                    finish_never_commits, "records the payment"),
+        WrongAnswer("str() of the body", "the stored reply cannot be replayed",
+                    finish_str_body, "records the payment"),
+        WrongAnswer("no payment recorded", "the books never learn the order is paid",
+                    finish_no_payment, "records the payment"),
+    ]),
+]
+
+
 EXERCISES = [
+    *STEPS,
     Exercise(
         id="01_api_communication",
         check=lambda a: checks.check_exercise(a),
@@ -117,20 +497,47 @@ EXERCISES = [
                         "is the double charge of the scenario", starter, "lost response"),
             WrongAnswer("check-then-insert", "two retries arriving together both find no key "
                         "and both charge", check_then_insert, "concurrent requests"),
+            WrongAnswer("key stored before the charge", "when the card network fails, the key "
+                        "replays a 201 for money never taken", stores_before_charging,
+                        "card network down"),
+            WrongAnswer("keys in a module-level dict", "a restart forgets every key: the retry "
+                        "charges again", in_memory_keys, "SIGKILL"),
+            WrongAnswer("module-level dict, processor key", "after a restart another amount "
+                        "under the same key is not refused", in_memory_keys_processor_key,
+                        "SIGKILL"),
             WrongAnswer("no payload fingerprint", "a reused key with another amount silently "
                         "returns the first charge instead of 422", no_fingerprint,
                         "different amount"),
+            WrongAnswer("no processor key", "the retry that takes over after a crash charges "
+                        "a second time", no_processor_key, "SIGKILL"),
+            WrongAnswer("never releases a failed claim", "the card network was down once and "
+                        "the customer gets 409 until the lease runs out", never_releases,
+                        "card network down"),
             WrongAnswer("charges without a key", "a client that forgot the header can still "
                         "double-charge; the draft says 400", charges_without_key,
                         "no Idempotency-Key"),
-            WrongAnswer("replays record.reply while in flight", "returns None while the first "
-                        "request runs: the service answers 500", replays_while_in_flight,
-                        "concurrent requests"),
-            WrongAnswer("never saves the response", "every retry after a lost response gets "
-                        "409 and never learns the charge", never_saves_response,
-                        "lost response"),
-            WrongAnswer("hard-coded reply", "answers 201 without charging: two keys are two "
+            WrongAnswer("in flight returns None", "the service answers 500 while the first "
+                        "request runs", in_flight_returns_nothing, "concurrent requests"),
+            WrongAnswer("never charges", "answers 201 without charging: two keys are two "
                         "payments and neither is taken", hard_coded, "two different keys"),
+        ],
+    ),
+    Exercise(
+        id="01_api_communication/quiz",
+        check=lambda a: checks.check_quiz(a),
+        answer_key=lambda: dict(key.QUIZ_ANSWERS),
+        gallery=[
+            WrongAnswer("unanswered", "the starter answers nothing", lambda: {}, "reused-key"),
+            WrongAnswer("409 for a reused key", "409 is for a request still in flight; another "
+                        "payload is 422", lambda: {**key.QUIZ_ANSWERS, "reused-key": 1},
+                        "reused-key"),
+            WrongAnswer("a new key on 409", "a new key is the double charge",
+                        lambda: {**key.QUIZ_ANSWERS, "in-flight": 1}, "in-flight"),
+            WrongAnswer("mean ignoring the cap", "uniform(100, 1200) has mean 650 only without "
+                        "the cap", lambda: {**key.QUIZ_ANSWERS, "decorrelated-mean": 650},
+                        "decorrelated-mean"),
+            WrongAnswer("charge on takeover", "the first charge may exist: that is the double "
+                        "charge", lambda: {**key.QUIZ_ANSWERS, "takeover": 0}, "takeover"),
         ],
     ),
 ]
