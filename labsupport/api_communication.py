@@ -1,9 +1,10 @@
 """Backs ``01_api_communication.ipynb``: retries with jitter, and idempotency keys.
 
 * Backoff with no, full, equal and decorrelated jitter (Marc Brooker, "Exponential Backoff
-  And Jitter", AWS Architecture Blog, 2015), and a contention simulation of the blog's test.
-* A SQLite :class:`Ledger`: charges, and ``idempotency_keys`` whose primary key makes a
-  claim atomic and whose lease lets a retry take over from a crashed request.
+  And Jitter", AWS Architecture Blog, 2015); the blog's contention test is simulated in
+  ``explore/api_communication.py``.
+* Idempotency keys in SQLite: the request :func:`fingerprint`, the atomic :func:`claim_key`
+  with a lease, :func:`finish` (payment and response in one transaction), the :class:`Ledger`.
 * A retrying HTTP client (:func:`post_with_retries`): timeouts, a retry policy, a log.
 
 The HTTP services are in ``services/api_communication.py``, the checker in ``checks/``.
@@ -12,12 +13,12 @@ The HTTP services are in ``services/api_communication.py``, the checker in ``che
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -64,55 +65,6 @@ def backoff_delay(attempt: int, strategy: Strategy, base: float, cap: float,
     if strategy == "equal":
         return e / 2 + float(rng.uniform(0.0, e / 2))
     raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
-
-
-@dataclass(frozen=True)
-class ContentionResult:
-    """One run of the contention simulation."""
-
-    strategy: Strategy
-    clients: int
-    calls: int  # attempts made by all clients together, first tries included
-    finish_times: np.ndarray  # ms, when each client's write succeeded, sorted
-
-    @property
-    def completion_ms(self) -> float:
-        """Time until the last client succeeded (ms)."""
-        return float(self.finish_times[-1]) if len(self.finish_times) else 0.0
-
-
-def simulate_contention(clients: int, strategy: Strategy, *, base_ms: float = 10.0,
-                        cap_ms: float = 1_000.0, call_ms: float = 10.0, call_spread: float = 0.5,
-                        seed: int = 0) -> ContentionResult:
-    """N clients each write once to one resource under optimistic concurrency; losers back off.
-
-    The blog's model: all clients start at t = 0; an attempt reads at ``t`` and commits at
-    ``t + call_ms``, and wins only if nobody committed after its read (compare-and-swap). A
-    loser sleeps ``backoff_delay(n, strategy, …)`` after its n-th failure and tries again.
-    Simulated time: the result does not depend on how busy the machine is."""
-    if clients < 1:
-        raise ValueError("clients must be >= 1")
-    rng = np.random.default_rng(seed)
-    # heap of (commit time, client, read time, failures so far, last sleep); client breaks ties
-
-    def duration() -> float:  # ms; calls vary a little, as on a real network
-        return call_ms * float(rng.uniform(1 - call_spread, 1 + call_spread))
-
-    heap: list[tuple[float, int, float, int, float | None]] = [
-        (duration(), c, 0.0, 0, None) for c in range(clients)]
-    heapq.heapify(heap)
-    last_commit, calls, finish = -np.inf, clients, []  # ms of the last write; attempts; done
-    while heap:
-        commit_at, client, read_at, failures, slept = heapq.heappop(heap)
-        if last_commit <= read_at:  # nobody wrote since we read: our write wins
-            last_commit = commit_at
-            finish.append(commit_at)
-            continue
-        sleep = backoff_delay(failures, strategy, base_ms, cap_ms, rng, previous=slept)
-        retry_read = commit_at + sleep
-        heapq.heappush(heap, (retry_read + duration(), client, retry_read, failures + 1, sleep))
-        calls += 1
-    return ContentionResult(strategy, clients, calls, np.sort(np.array(finish)))
 
 
 # --- 2. The ledger (SQLite): idempotency keys, payments, and the card network -------
@@ -184,13 +136,11 @@ def claim_key(db: sqlite3.Connection, key: str, fingerprint: str, now: float,
               lease: float, ttl: float = STRIPE_KEY_TTL) -> Outcome:
     """Claim ``key`` for a request with this payload ``fingerprint``, atomically.
 
-    ``"claimed"``: this request owns the key and may charge: the row was inserted, or it
-    was in flight with this fingerprint and its lease (``lease`` s from ``locked_at``) ran
-    out, so its request crashed or hangs and this one takes over. ``"mismatch"``: the key
-    belongs to another payload. ``"replay"``: its response is stored. ``"in_flight"``:
-    another request holds it. One transaction holding SQLite's write lock (``BEGIN
-    IMMEDIATE``), never a read and then a separate insert. ``db`` is in autocommit mode
-    (``isolation_level=None``); ``now`` and ``lease`` in seconds.
+    ``"claimed"``: this request owns the key and may charge: it inserted the row, or the
+    row's lease (``lease`` s from ``locked_at``) ran out, so its request crashed or hangs
+    and this one takes over. ``"mismatch"``: another payload's key. ``"replay"``: its
+    response is stored. ``"in_flight"``: another request holds it. One transaction under
+    SQLite's write lock (``BEGIN IMMEDIATE``); ``db`` in autocommit mode; seconds.
     """
     db.execute("BEGIN IMMEDIATE")  # the write lock, for every statement until COMMIT
     try:
@@ -247,63 +197,50 @@ class Ledger:
     def __init__(self, path: str | Path, *, key_ttl: float = STRIPE_KEY_TTL,
                  lease: float = KEY_LEASE, processor_delay: float = 0.0,
                  clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self.key_ttl = key_ttl
-        self.lease = lease
-        self.processor_delay = processor_delay
-        self.clock = clock
+        self.path, self.key_ttl, self.lease = Path(path), key_ttl, lease
+        self.processor_delay, self.clock = processor_delay, clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as db:
+        with closing(self.connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
             db.executescript(SCHEMA)
 
     def connect(self) -> sqlite3.Connection:
         """A new connection in autocommit mode (we issue BEGIN ourselves) that waits up to
-        30 s for the write lock. Close it when done (``contextlib.closing``)."""
+        30 s for the write lock. Close it when done: ``with closing(ledger.connect())``."""
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         db.row_factory = sqlite3.Row
         return db
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        db = self.connect()
-        try:
-            return fn(db, *args)
-        finally:
-            db.close()
+    def _rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        with closing(self.connect()) as db:
+            return [dict(r) for r in db.execute(sql, params).fetchall()]
 
     # --- idempotency keys ----------------------------------------------------------
 
     def claim(self, key: str, fingerprint: str) -> Outcome:
-        """:func:`claim_key` at the ledger's clock, after pruning expired keys."""
+        """:func:`claim_key` at the ledger's clock, after deleting the key if it expired."""
         now = self.clock()
-        with self.connect() as db:
+        with closing(self.connect()) as db:
             db.execute("DELETE FROM idempotency_keys WHERE key = ? AND expires_at <= ?", (key, now))
-        return self._run(claim_key, key, fingerprint, now, self.lease, self.key_ttl)
+            return claim_key(db, key, fingerprint, now, self.lease, self.key_ttl)
 
     def stored_reply(self, key: str) -> Reply | None:
         """The response stored for ``key`` (after ``"replay"``), or None."""
-        with self.connect() as db:
-            row = db.execute("SELECT response_code, response_body FROM idempotency_keys WHERE "
-                             "key = ? AND status = 'done'", (key,)).fetchone()
-        return None if row is None else Reply(int(row[0]), json.loads(row[1]))
+        rows = self._rows("SELECT response_code, response_body FROM idempotency_keys "
+                          "WHERE key = ? AND status = 'done'", key)
+        return Reply(rows[0]["response_code"], json.loads(rows[0]["response_body"])) if rows else None
 
     def finish(self, key: str, charge: dict[str, Any], reply: Reply) -> None:
         """:func:`finish`: the payment and the response, in one transaction."""
-        self._run(finish, key, charge, reply)
+        with closing(self.connect()) as db:
+            finish(db, key, charge, reply)
 
     def release(self, key: str) -> None:
         """Forget a claim whose request failed before charging, so a retry can run."""
-        with self.connect() as db:
-            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND status = 'in_flight'",
-                       (key,))
+        with closing(self.connect()) as db:
+            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND status = 'in_flight'", (key,))
 
-    def key_status(self, key: str) -> str | None:
-        """``"in_flight"``, ``"done"`` or None (no such key)."""
-        with self.connect() as db:
-            row = db.execute("SELECT status FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    # --- the card network ----------------------------------------------------------
+    # --- the card network, and the service's books -----------------------------------
 
     def charge(self, request: ChargeRequest, key: str | None = None,
                processor_key: str | None = None) -> dict[str, Any]:
@@ -315,7 +252,7 @@ class Ledger:
         charge = {"charge_id": "ch_" + uuid.uuid4().hex[:16], **request.as_dict(),
                   "idempotency_key": key, "created_at": round(self.clock(), 6),
                   "processor_key": processor_key}
-        with self.connect() as db:
+        with closing(self.connect()) as db:
             db.execute("INSERT INTO charges VALUES (:charge_id, :order_id, :amount_cents, "
                        ":currency, :idempotency_key, :created_at, :processor_key) "
                        "ON CONFLICT(processor_key) DO NOTHING", charge)
@@ -323,27 +260,18 @@ class Ledger:
 
     def find_charge(self, processor_key: str) -> dict[str, Any] | None:
         """Ask the card network: the charge made with ``processor_key``, or None."""
-        with self.connect() as db:
-            row = db.execute("SELECT * FROM charges WHERE processor_key = ?",
-                             (processor_key,)).fetchone()
-        return None if row is None else dict(row)
+        rows = self._rows("SELECT * FROM charges WHERE processor_key = ?", processor_key)
+        return rows[0] if rows else None
 
     def charges(self, order_id: str | None = None) -> list[dict[str, Any]]:
         """Money taken (of one order, if given), oldest first."""
-        with self.connect() as db:
-            rows = db.execute("SELECT * FROM charges WHERE ?1 IS NULL OR order_id = ?1 "
-                              "ORDER BY created_at, rowid", (order_id,)).fetchall()
-        return [dict(r) for r in rows]
+        return self._rows("SELECT * FROM charges WHERE ?1 IS NULL OR order_id = ?1 "
+                          "ORDER BY created_at, rowid", order_id)
 
     def payments(self, order_id: str | None = None) -> list[dict[str, Any]]:
         """The service's books: the payments it recorded (of one order, if given)."""
-        with self.connect() as db:
-            rows = db.execute("SELECT * FROM payments WHERE ?1 IS NULL OR order_id = ?1 "
-                              "ORDER BY rowid", (order_id,)).fetchall()
-        return [dict(r) for r in rows]
-
-    def count_charges(self, order_id: str | None = None) -> int:
-        return len(self.charges(order_id))
+        return self._rows("SELECT * FROM payments WHERE ?1 IS NULL OR order_id = ?1 "
+                          "ORDER BY rowid", order_id)
 
 
 # A charge handler, called for every POST /charges (the exercise asks you to write one):

@@ -92,7 +92,7 @@ def test_decorrelated_jitter_grows_about_3x_then_stays_below_the_cap():
 def test_no_jitter_without_spread_matches_closed_form(n):
     # Everyone stays in lockstep: one winner per round, so round k has n - k callers.
     base, cap, call = 10.0, 300.0, 10.0
-    r = api.simulate_contention(n, "none", base_ms=base, cap_ms=cap, call_ms=call, call_spread=0.0)
+    r = explore.simulate_contention(n, "none", base_ms=base, cap_ms=cap, call_ms=call, call_spread=0.0)
     assert r.calls == n * (n + 1) // 2
     expected_end = n * call + sum(min(cap, base * 2**k) for k in range(n - 1))
     assert r.completion_ms == pytest.approx(expected_end)
@@ -101,7 +101,7 @@ def test_no_jitter_without_spread_matches_closed_form(n):
 
 def test_every_client_finishes_and_calls_at_least_clients():
     for s in api.STRATEGIES:
-        r = api.simulate_contention(40, s, seed=3)
+        r = explore.simulate_contention(40, s, seed=3)
         assert len(r.finish_times) == 40 and r.calls >= 40
         assert np.all(np.diff(r.finish_times) > 0)  # one write at a time
 

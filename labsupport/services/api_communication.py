@@ -313,7 +313,7 @@ class PaymentService:
 
         @app.get("/health")
         def health() -> dict[str, Any]:
-            return {"status": "ok", "charges": self.ledger.count_charges()}
+            return {"status": "ok", "charges": len(self.ledger.charges())}
 
         return app
 
