@@ -73,8 +73,8 @@ START = Exercise("00_start_here", "Start here", "setup check, course map, your p
 COURSE: tuple[Exercise, ...] = (
     Exercise("01_api_communication", "API communication",
              "sync vs async APIs, retries with jitter, idempotency keys", "api_communication",
-             "Python; HTTP basics (methods, status codes, headers). No FastAPI experience "
-             "needed.", 15),
+             "Python; HTTP basics (methods, status codes, headers); a little SQL. No FastAPI "
+             "experience needed.", 40, steps=4),
     Exercise("02_load_balancing", "Load balancing",
              "round-robin, least-connections, power of two choices, outlier detection",
              "load_balancing",

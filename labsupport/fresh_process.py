@@ -14,8 +14,8 @@ what the function changes in it is gone when the process ends, as after a restar
 """
 
 from __future__ import annotations
-
 import __future__
+
 import inspect
 import linecache
 import os

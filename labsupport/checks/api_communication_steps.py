@@ -109,7 +109,9 @@ def _decorrelated_rows(deco: Callable[..., Any], base: float, cap: float,
                    f"KS distance ≤ {MAX_KS} over {SAMPLES} draws (previous {previous:.3g} s)",
                    f"KS distance {ks:.3f}; mean {d.mean():.4f} s (U({base:.3g}, "
                    f"{3 * previous:.3g}) has {(base + 3 * previous) / 2:.4f})",
-                   hint="It grows from the client's own last sleep, not from the attempt number.")
+                   hint="Every value between base and 3 * previous must be equally likely "
+                        "(rng.uniform(base, 3 * previous), then capped): it grows from the "
+                        "client's own last sleep, not from the attempt number.")
 
 
 def _same_from_rng(fn: Callable[..., Any], args: tuple, name: str) -> ex.Check:
@@ -378,7 +380,7 @@ def step_3_checks(fn: Any, seed: int = 5) -> Iterator[ex.Check]:
         yield ex.judge("the same key while in flight", lambda: single(
             "the same key while in flight", "k-new", "in_flight", "The key exists, with this "
             "fingerprint, not done, and its lease has not run out: another request holds it.",
-            at=now + lease / 2), case=f"claim(db, 'k-new', fp, now + lease/2)")
+            at=now + lease / 2), case="claim(db, 'k-new', fp, now + lease/2)")
         yield ex.judge("another payload, same key", lambda: single(
             "another payload, same key", "k-new", "mismatch", "Compare the stored "
             "fingerprint first: a reused key with another payload is a client bug (422).",

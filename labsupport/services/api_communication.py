@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -509,6 +508,43 @@ def start_payment_process(db: Path, *, handler_payload: Path | None = None,
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"the payment service process did not start (exit code {process.poll()})")
+
+
+def crash_and_retry(folder: Path, point: str, *, lease: float = 1.0) -> dict[str, Any]:
+    """The crash demo: a service process (the answer key's handler) is killed with SIGKILL
+    the first time a charge gets past ``point``; a new process starts on the same ledger;
+    the client retries with the same key until the answer is not 409. Returns what happened."""
+    db, key = folder / f"crash-{point}.sqlite", f"k-crash-{point}"
+    body = {"order_id": f"o-crash-{point}", "amount_cents": 4200}
+    headers = {"Idempotency-Key": f'"{key}"'}
+    crashing, url = start_payment_process(db, lease=lease, crash_after=point)
+    try:
+        httpx.post(f"{url}/charges", json=body, headers=headers, timeout=10)
+        first = "answered (no crash)"
+    except httpx.TransportError as exc:
+        first = f"connection lost ({type(exc).__name__})"
+    finally:
+        crashing.kill()
+        exit_code = crashing.wait(timeout=10)
+    restarted, url = start_payment_process(db, lease=lease)
+    try:
+        started, conflicts = time.monotonic(), 0
+        while (r := httpx.post(f"{url}/charges", json=body, headers=headers, timeout=10)
+               ).status_code == 409 and time.monotonic() - started < lease + 30:
+            conflicts += 1
+            time.sleep(0.1)
+        waited = time.monotonic() - started
+        again = httpx.post(f"{url}/charges", json=body, headers=headers, timeout=10)
+    finally:
+        restarted.kill()
+        restarted.wait(timeout=10)
+    ledger = Ledger(db)
+    return {"crash after": point, "first attempt": first, "exit code": exit_code,
+            "409s after the restart": conflicts, "answered after (s)": waited,
+            "retry": f"{r.status_code} {r.json().get('charge_id', '')}".strip(),
+            "next retry": f"{again.status_code} {again.json().get('charge_id', '')}".strip(),
+            "charges": len(ledger.charges(body["order_id"])),
+            "payments": len(ledger.payments(body["order_id"]))}
 
 
 def load_handler(payload_path: Path) -> ChargeHandler:

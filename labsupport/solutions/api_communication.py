@@ -18,7 +18,6 @@ import numpy as np
 from labsupport import api_communication as api
 from labsupport.api_communication import ChargeRequest, Ledger, Reply
 
-
 # --- Step 1: backoff with full jitter and with decorrelated jitter ---------------------
 
 def full_jitter(attempt: int, base: float, cap: float, rng: np.random.Generator) -> float:
