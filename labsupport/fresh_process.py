@@ -99,12 +99,14 @@ def _source(obj: Any) -> str:
 def _collect(fn: Any, home: str, sources: dict[str, str], imports: dict[str, str],
              values: dict[str, Any]) -> None:
     """Fill sources/imports/values with what ``fn`` (defined in module ``home``) needs."""
-    codes = [fn.__code__] if hasattr(fn, "__code__") else [
-        m.__code__ for m in vars(fn).values() if hasattr(m, "__code__")]
+    # Compile the whole definition, not only its body: decorators, base classes and
+    # default values name things too (``class Reply(NamedTuple)``, ``@dataclass``).
+    used = _names_used(compile(_source(fn), CELL_FILENAME, "exec"))
     namespace = fn.__globals__ if hasattr(fn, "__globals__") else sys.modules[fn.__module__].__dict__
-    for name in sorted(set().union(*map(_names_used, codes)) if codes else set()):
-        if name in sources or name in imports or name in values or name not in namespace:
-            continue  # already collected, a builtin, or an attribute name
+    for name in sorted(used):
+        if name in sources or name in imports or name in values or name not in namespace \
+                or name == fn.__name__ or name.startswith("__"):
+            continue  # already collected, a builtin, an attribute name, itself, or __name__
         obj = namespace[name]
         if isinstance(obj, types.ModuleType):
             imports[name] = f"import {obj.__name__} as {name}"

@@ -4,7 +4,7 @@ import json
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from labsupport.fresh_process import program, run_fresh
+from labsupport.fresh_process import program, rebuild, run_fresh
 
 KEYS: dict[str, int] = {}  # module state: a fresh process gets a copy, never this dict
 FACTOR = 3
@@ -77,3 +77,19 @@ def test_a_function_defined_in_a_notebook_cell():
     result = run_fresh(shell.user_ns["area"], 2)
     assert (result.value, result.error, result.output) == (12.566, None, "computing\n")
     assert shell.user_ns["SEEN"] == []
+
+
+def test_decorators_base_classes_and_type_hints_are_sent_too():
+    # naive_charge uses Reply, a NamedTuple whose base class is named outside its methods
+    from labsupport import api_communication as api
+
+    payload = program(api.naive_charge)
+    assert "from typing import NamedTuple as NamedTuple" in payload["imports"]
+    assert "__name__" not in payload["values"]  # the class body's __name__ is not sent
+
+    class FakeLedger:
+        def charge(self, request, key=None):
+            return {"charge_id": "ch_1", "key": key}
+
+    reply = rebuild(payload)(FakeLedger(), "k-1", None)
+    assert (type(reply).__name__, tuple(reply)) == ("Reply", (201, {"charge_id": "ch_1", "key": "k-1"}))

@@ -29,7 +29,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
@@ -197,14 +197,6 @@ def _problem(status: int, title: str, detail: str) -> JSONResponse:
                         status_code=status, media_type="application/problem+json")
 
 
-class HandlerError(NamedTuple):
-    """One request the charge handler failed: it raised, or returned something that is
-    not a ``Reply(status, dict)``. Either way the client got a 500."""
-
-    text: str  # one line: the exception and where it happened
-    returned: Any = None  # the bad return value (None when the handler raised)
-    raised: bool = True  # False: the handler returned, the service could not use the value
-
 # Frames in these files are the course's, not the handler's (a handler calls the ledger).
 _OWN_FILES = frozenset({__file__, api.__file__})
 
@@ -237,17 +229,13 @@ class PaymentService:
                                    lease=ledger.lease, processor_delay=ledger.processor_delay,
                                    clock=ledger.clock)
         self.handler = handler
-        self.failures: list[HandlerError] = []  # requests the handler failed, in order
+        self.errors: list[str] = []  # what the handler did wrong, one line per failed request
         self.app = self._build_app()
 
-    @property
-    def errors(self) -> list[str]:
-        """What the handler did wrong, one line per failed request."""
-        return [f.text for f in self.failures]
-
-    def _fail(self, failure: HandlerError) -> JSONResponse:
-        self.failures.append(failure)  # list.append is atomic: handler threads may race here
-        return _problem(500, "Internal Server Error", failure.text)
+    def _fail(self, text: str) -> JSONResponse:
+        """A 500 that names the handler's mistake (it raised, or returned no Reply)."""
+        self.errors.append(text)  # list.append is atomic: handler threads may race here
+        return _problem(500, "Internal Server Error", text)
 
     def _call_handler(self, key: str | None, request: ChargeRequest) -> JSONResponse:
         try:
@@ -255,7 +243,7 @@ class PaymentService:
         except Exception as exc:  # noqa: BLE001 - a handler bug is a 500, and is reported
             if self.ledger.own_process:  # the log the checks' run_row prints
                 traceback.print_exc()
-            return self._fail(HandlerError(describe_handler_exception(exc)))
+            return self._fail(describe_handler_exception(exc))
         try:
             status, body = reply  # a Reply or any (status, body) pair
             status = int(status)
@@ -264,9 +252,8 @@ class PaymentService:
             valid = False
         if not valid:
             name = getattr(self.handler, "__name__", "the handler")
-            return self._fail(HandlerError(
-                f"TypeError: {name} returned {reply!r:.80}, not Reply(status, dict) "
-                "(the payment service could not send it)", reply, raised=False))
+            return self._fail(f"TypeError: {name} returned {reply!r:.80}, not Reply(status, dict) "
+                              "(the payment service could not send it)")
         return JSONResponse(body, status_code=status)
 
     def _build_app(self) -> FastAPI:
@@ -491,7 +478,8 @@ def start_payment_process(db: Path, *, handler_payload: Path | None = None,
         command += ["--crash-after", crash_after]
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     try:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,  # prints in order
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
         if log:
             out.close()

@@ -31,10 +31,12 @@ def check_then_insert():
         if key is None:
             return api.Reply(400, {"error": "Idempotency-Key required"})
         fp = api.fingerprint(request.as_dict())
-        status = ledger.key_status(key)
-        if status == "done":
+        db = ledger.connect()
+        row = db.execute("SELECT status FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
+        db.close()
+        if row is not None and row[0] == "done":
             return ledger.stored_reply(key)
-        if status == "in_flight":
+        if row is not None:
             return api.Reply(409, {"error": "in progress"})
         charge = ledger.charge(request, key=key, processor_key=None)
         ledger.claim(key, fp)
@@ -186,6 +188,21 @@ def in_flight_returns_nothing():
             reply = api.Reply(201, charge)
             ledger.finish(key, charge, reply)
             return reply
+    return handler
+
+
+def patches_the_checker():
+    """Charges on every request, and from inside the handler rewrites the checker's rows to
+    pass: it runs in a service process, so the judge process never sees the patch."""
+    def handler(ledger, key, request):
+        import labsupport.checks.api_communication as c
+        from labsupport import exercises
+
+        def passed(*args, **kwargs):
+            return exercises.Check("patched", True, "", "")
+        c.ROWS = tuple((name, case, passed) for name, case, _ in c.ROWS)
+        exercises.judge = lambda name, run, **kw: exercises.Check(name, True, "", "")
+        return api.Reply(201, ledger.charge(request, key=key))
     return handler
 
 
@@ -520,6 +537,9 @@ EXERCISES = [
                         "request runs", in_flight_returns_nothing, "concurrent requests"),
             WrongAnswer("never charges", "answers 201 without charging: two keys are two "
                         "payments and neither is taken", hard_coded, "two different keys"),
+            WrongAnswer("patches the checker", "a handler that rewrites the checker's rows "
+                        "while it runs: it runs in a service process, the judge is another",
+                        patches_the_checker, "lost response"),
         ],
     ),
     Exercise(
