@@ -267,6 +267,13 @@ class _Interleaving:
         except threading.BrokenBarrierError:
             pass  # a thread ended without touching data: nothing left to wait for
 
+    def __enter__(self) -> _Interleaving:  # `with db:` behaves as on a plain connection
+        self._db.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._db.__exit__(*exc)
+
     def done(self) -> None:
         """The thread is done: if it never waited, stop the others waiting for it."""
         if not self._waited:
@@ -445,6 +452,13 @@ class _FailingAt:
         if self.statements == self.fail_at:
             raise InjectedFailure(f"disk I/O error (injected before statement {self.fail_at})")
         return self._db.execute(sql, *params)
+
+    def __enter__(self) -> _FailingAt:  # `with db:` behaves as on a plain connection
+        self._db.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._db.__exit__(*exc)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)

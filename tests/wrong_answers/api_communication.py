@@ -6,6 +6,10 @@ write it in the notebook's starter cell.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
+
 from labsupport import api_communication as api
 from labsupport.checks import api_communication as checks
 from labsupport.solutions import api_communication as key
@@ -239,7 +243,6 @@ def uncapped_and_from_attempt():
 
 def equal_jitter_and_global_random():
     """Equal jitter where full was asked; decorrelated from the random module, not the rng."""
-    import random
 
     def full_jitter(attempt, base, cap, rng):
         e = min(cap, base * 2 ** attempt)
@@ -254,7 +257,6 @@ def equal_jitter_and_global_random():
 
 def dumps_unsorted():
     """json.dumps without sort_keys: the same payload in another key order looks new."""
-    import hashlib
     import json
 
     def fp(body):
@@ -264,7 +266,6 @@ def dumps_unsorted():
 
 def builtin_hash():
     """Python's hash(): stable in one process, different after a restart."""
-    import json
 
     def fp(body):
         return str(hash(json.dumps(body, sort_keys=True)))
@@ -273,7 +274,6 @@ def builtin_hash():
 
 def top_level_sort_only():
     """Sorts the top-level items only: nested objects keep their order."""
-    import hashlib
 
     def fp(body):
         return hashlib.sha256(str(sorted(body.items())).encode()).hexdigest()
@@ -282,7 +282,6 @@ def top_level_sort_only():
 
 def amount_only():
     """Fingerprints the amount alone: another currency or order passes as the same."""
-    import hashlib
 
     def fp(body):
         return hashlib.sha256(str(body.get("amount_cents")).encode()).hexdigest()
@@ -291,7 +290,6 @@ def amount_only():
 
 def canonical_json_itself():
     """Stores the whole canonical JSON: right answers, but the key table grows with bodies."""
-    import json
 
     def fp(body):
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -387,7 +385,6 @@ def claim_returns_bool():
 
 def finish_autocommit():
     """Two statements, each committing on its own: a crash between them splits them."""
-    import json
 
     def finish(db, key, charge, reply):
         db.execute("INSERT INTO payments VALUES (?, ?, ?, ?)",
@@ -399,7 +396,6 @@ def finish_autocommit():
 
 def finish_response_first():
     """Stores the response, then records the payment, without a transaction."""
-    import json
 
     def finish(db, key, charge, reply):
         db.execute("UPDATE idempotency_keys SET status = 'done', response_code = ?, "
@@ -411,7 +407,6 @@ def finish_response_first():
 
 def finish_never_commits():
     """BEGIN and both statements, but no COMMIT: nothing is ever saved."""
-    import json
 
     def finish(db, key, charge, reply):
         db.execute("BEGIN IMMEDIATE")
@@ -436,7 +431,6 @@ def finish_str_body():
 
 def finish_no_payment():
     """Stores the response in a transaction but never records the payment."""
-    import json
 
     def finish(db, key, charge, reply):
         db.execute("BEGIN IMMEDIATE")
