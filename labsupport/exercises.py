@@ -79,7 +79,7 @@ COURSE: tuple[Exercise, ...] = (
              "round-robin, least-connections, power of two choices, outlier detection",
              "load_balancing",
              "Python functions; percentiles (p50, p99). No queueing theory: the formulas are "
-             "given and checked by simulation.", 15),
+             "given and checked by simulation.", 35, steps=4),
     Exercise("03_message_queues", "Message queues",
              "queue between API and workers, ack, visibility timeout, DLQ", "message_queues",
              "Python, HTTP status codes; notebook 01 (idempotency keys) helps.", 15),

@@ -1,21 +1,14 @@
 """Backs ``02_load_balancing.ipynb``: a load-balancer simulator and its policies.
 
-Requests arrive as a Poisson process at a load balancer in front of N servers. Each server
-has a few worker slots (``workers``) and a first-come-first-served queue in front of them;
-a server with speed factor 0.1 takes ten times as long for every request while it stays
-up. The balancer picks a server for each request with a *policy*, a plain function of a
-:class:`View` (what the balancer knows: in-flight requests per server, observed
-latencies, which servers are ejected) that returns a server index.
+Poisson arrivals reach a balancer in front of N servers, each with ``workers`` slots and a
+FCFS queue; a server with speed 0.1 takes ten times as long while it stays up. A *policy*
+is a plain function of a :class:`View` (what the balancer knows: requests in flight,
+observed latencies, which servers are ejected) that returns a server index.
 
-A request never moves once it is dispatched, so its completion time is known the moment
-it is dispatched: start = when the earliest worker of that server frees, done = start +
-size / speed. :func:`simulate` therefore only keeps a heap of completion times, which it
-replays (to update in-flight counts and latency observations) before each arrival: that
-is what makes 100,000 requests take well under a second in plain Python.
-
-The queueing theory it is checked against (M/M/1, M/M/c with Erlang C, Mitzenmacher's
-supermarket model), the vectorized long-run path and the noon scenario are in
-``labsupport.checks.load_balancing``.
+A request never moves once dispatched, so its completion time is known at once (when the
+earliest worker frees, plus size / speed): :func:`simulate` keeps a heap of completion
+times and replays it before each arrival, so 100,000 requests take well under a second.
+The queueing theory it is checked against and the noon scenario are in ``checks/``.
 """
 
 from __future__ import annotations
@@ -44,11 +37,8 @@ class Exponential:
 
 @dataclass(frozen=True)
 class HeavyTailed:
-    """Mostly short requests (tens of milliseconds), a few heavy ones (seconds).
-
-    A light request's size is log-normal around ``light_median``; with probability
-    ``heavy_prob`` a request is heavy, uniform between ``heavy_low`` and ``heavy_high``.
-    """
+    """Mostly short requests, log-normal around ``light_median``; with probability
+    ``heavy_prob`` a heavy one, uniform between ``heavy_low`` and ``heavy_high``."""
 
     light_median: float = 0.030  # seconds
     light_sigma: float = 0.5  # spread of log(size) for light requests
@@ -89,13 +79,13 @@ class Cluster:
     weights: tuple[float, ...] | None = None  # configured capacity, for weighted policies
 
     def weight_list(self) -> list[float]:
-        return list(self.weights) if self.weights is not None else [1.0] * self.n_servers
+        return list(self.weights or [1.0] * self.n_servers)
 
     def speed_list(self) -> list[float]:
-        return list(self.speeds) if self.speeds is not None else [1.0] * self.n_servers
+        return list(self.speeds or [1.0] * self.n_servers)
 
     def error_list(self) -> list[float]:
-        return list(self.error_rates) if self.error_rates is not None else [0.0] * self.n_servers
+        return list(self.error_rates or [0.0] * self.n_servers)
 
     @property
     def utilization(self) -> float:
@@ -112,14 +102,14 @@ class Cluster:
 
 @dataclass(frozen=True)
 class OutlierDetection:
-    """Passive outlier detection, after Envoy's model (defaults are Envoy's where it has one).
+    """Passive outlier detection, after Envoy's model (defaults and cap as in Envoy 1.31).
 
-    Every ``interval`` the detector also compares each host's median latency over the
-    interval with the median of all hosts, and ejects a host slower than ``latency_factor``
-    times that (Envoy has no latency ejection of its own: there slowness shows up as
-    timeouts, i.e. errors; the toy adds it to make it visible). An ejection lasts
-    ``base_ejection_time`` times the number of times the host has been ejected, at most
-    ``max_ejection_time``; the host returns at the first interval tick after that.
+    Every ``interval`` the detector also runs :func:`latency_outliers` over the interval
+    (Envoy has no latency ejection: there slowness shows up as timeouts, i.e. errors). An
+    ejection lasts ``base_ejection_time`` times the number of times the host has been
+    ejected, at most ``max_ejection_time``; the host returns at the first tick after that.
+    At most ``max_ejection_percent`` of the hosts are ejected at once, rounded down: with
+    the default 10%, a fleet of 5 to 9 hosts ejects nobody, unless ``always_eject_one_host``.
     """
 
     consecutive_errors: int = 5  # eject a host after this many 5xx in a row (Envoy: 5)
@@ -128,32 +118,28 @@ class OutlierDetection:
     min_requests: int = 20  # completions per host per interval before it is judged
     base_ejection_time: float = 30.0  # seconds (Envoy: 30 s)
     max_ejection_time: float = 300.0  # seconds (Envoy: 300 s)
-    max_ejection_percent: float = 10.0  # hosts ejected at once, but at least one (Envoy: 10%)
-    # Fewer usable hosts than this fraction: ignore ejections, use every host (Envoy's
-    # healthy_panic_threshold, 50%).
-    panic_threshold: float = 0.5
+    max_ejection_percent: float = 10.0  # hosts ejected at once, rounded down (Envoy: 10%)
+    always_eject_one_host: bool = False  # eject one even when the percentage allows none
+    panic_threshold: float = 0.5  # fewer usable hosts: use all (Envoy's healthy_panic_threshold)
 
 
 class View:
     """What a policy may look at. The simulator updates it in place; policies read it."""
 
-    __slots__ = ("n_servers", "candidates", "active", "latency_ewma", "completed",
-                 "weights", "now", "rng", "state", "ewma_alpha")
+    __slots__ = ("n_servers", "candidates", "active", "latency_ewma", "latency_peak",
+                 "completed", "weights", "now", "rng", "state")
 
-    def __init__(self, n_servers: int, weights: Sequence[float], rng: random.Random,
-                 ewma_alpha: float) -> None:
+    def __init__(self, n_servers: int, weights: Sequence[float], rng: random.Random) -> None:
         self.n_servers = n_servers
         self.candidates: list[int] = list(range(n_servers))  # not ejected: pick one of these
         self.active: list[int] = [0] * n_servers  # requests in flight, as the balancer counts
-        # Seconds, per server: exponentially weighted mean of observed latencies, 0.0 until
-        # a first response.
-        self.latency_ewma: list[float] = [0.0] * n_servers
+        self.latency_ewma: list[float] = [0.0] * n_servers  # seconds; 0.0 until a first response
+        self.latency_peak: list[float] = [0.0] * n_servers  # the same, by peak EWMA
         self.completed: list[int] = [0] * n_servers  # responses seen per server
         self.weights: list[float] = list(weights)  # per server, for weighted policies
         self.now = 0.0  # seconds
         self.rng = rng  # a seeded random.Random: use it, not the global one, so runs repeat
         self.state: dict[str, Any] = {}  # the policy's own memory, e.g. a round-robin counter
-        self.ewma_alpha = ewma_alpha  # weight of the newest observation
 
 
 Policy = Callable[[View], int]
@@ -166,6 +152,39 @@ class Balancer:
     policy: Policy
     outlier_detection: OutlierDetection | None = None
     ewma_alpha: float = 0.1  # how fast View.latency_ewma follows new observations
+    peak_tau: float = 10.0  # seconds: how fast View.latency_peak decays (Finagle's 10 s)
+
+
+# --- what the balancer learns from responses -------------------------------------------
+
+
+def ewma_update(previous: float | None, observation: float, alpha: float) -> float:
+    """Exponentially weighted moving average: the first observation, then a step of
+    ``alpha`` (0 to 1) of the way towards each new one."""
+    return observation if previous is None else previous + alpha * (observation - previous)
+
+
+def peak_ewma_update(previous: float | None, observation: float, elapsed: float,
+                     tau: float) -> float:
+    """Peak EWMA (Finagle, Linkerd): jump *up* to a slower observation at once, decay
+    towards a faster one with weight ``exp(-elapsed / tau)`` on the old value (seconds)."""
+    if previous is None or observation > previous:
+        return observation
+    w = math.exp(-elapsed / tau)
+    return previous * w + observation * (1 - w)
+
+
+def latency_outliers(windows: Sequence[Sequence[float]], factor: float,
+                     min_requests: int) -> list[int]:
+    """Servers whose median latency over the interval (``windows[s]``) is more than
+    ``factor`` times the fleet's: the median of the judged servers' medians. A server
+    with fewer than ``min_requests`` latencies is not judged. Slowest first."""
+    medians = {s: float(np.median(w)) for s, w in enumerate(windows) if len(w) >= min_requests}
+    if len(medians) < 2:
+        return []
+    fleet = float(np.median(list(medians.values())))
+    return sorted((s for s, m in medians.items() if m > factor * fleet),
+                  key=lambda s: -medians[s])
 
 
 # --- built-in policies ---------------------------------------------------------------
@@ -175,8 +194,7 @@ def round_robin(view: View) -> int:
     """Each usable server in turn."""
     k = view.state.get("rr", 0)
     view.state["rr"] = k + 1
-    cands = view.candidates
-    return cands[k % len(cands)]
+    return view.candidates[k % len(view.candidates)]
 
 
 def random_choice(view: View) -> int:
@@ -186,8 +204,7 @@ def random_choice(view: View) -> int:
 
 def least_connections(view: View) -> int:
     """The usable server with the fewest requests in flight (ties: a random one of them)."""
-    active = view.active
-    cands = view.candidates
+    active, cands = view.active, view.candidates
     fewest = min(active[i] for i in cands)
     tied = [i for i in cands if active[i] == fewest]
     return tied[0] if len(tied) == 1 else view.rng.choice(tied)
@@ -195,20 +212,15 @@ def least_connections(view: View) -> int:
 
 def power_of_two(view: View) -> int:
     """Sample two usable servers, take the one with fewer in flight (Envoy least_request)."""
-    cands = view.candidates
-    a = view.rng.choice(cands)
-    b = view.rng.choice(cands)
+    a, b = view.rng.choice(view.candidates), view.rng.choice(view.candidates)
     return a if view.active[a] <= view.active[b] else b
 
 
 def weighted_round_robin(view: View) -> int:
     """Smooth weighted round-robin (nginx's algorithm): server i gets weight_i / sum of turns."""
-    current = view.state.setdefault("wrr", [0.0] * view.n_servers)
-    weights = view.weights
-    cands = view.candidates
-    total = 0.0
-    best = cands[0]
-    for i in cands:
+    current, weights = view.state.setdefault("wrr", [0.0] * view.n_servers), view.weights
+    total, best = 0.0, view.candidates[0]
+    for i in view.candidates:
         current[i] += weights[i]
         total += weights[i]
         if current[i] > current[best]:
@@ -217,13 +229,9 @@ def weighted_round_robin(view: View) -> int:
     return best
 
 
-POLICIES: dict[str, Policy] = {
-    "round-robin": round_robin,
-    "random": random_choice,
-    "least-connections": least_connections,
-    "power of two": power_of_two,
-    "weighted round-robin": weighted_round_robin,
-}
+POLICIES: dict[str, Policy] = {"round-robin": round_robin, "random": random_choice,
+                               "least-connections": least_connections, "power of two": power_of_two,
+                               "weighted round-robin": weighted_round_robin}
 
 
 # --- the simulator -------------------------------------------------------------------
@@ -255,8 +263,7 @@ class Result:
     def mean(self) -> float:
         return float(self.served().mean())
 
-    def share(self) -> np.ndarray:
-        """Fraction of all requests each server took."""
+    def share(self) -> np.ndarray:  # fraction of all requests each server took
         counts = np.bincount(self.server[self.server >= 0], minlength=self.n_servers)
         return counts / max(1, self.server.size)
 
@@ -280,27 +287,28 @@ def simulate(cluster: Cluster, balancer: Balancer | Policy, n_requests: int, *,
     arrivals, sizes, fails = arrivals_np.tolist(), sizes_np.tolist(), fails_np.tolist()
     speeds, error_rates, slow_from = cluster.speed_list(), cluster.error_list(), cluster.slow_from
     n_srv, policy, od = cluster.n_servers, balancer.policy, balancer.outlier_detection
-    view = View(n_srv, weights=cluster.weight_list(), rng=random.Random(seed),
-                ewma_alpha=balancer.ewma_alpha)
+    view = View(n_srv, weights=cluster.weight_list(), rng=random.Random(seed))
     detector = _Detector(od, n_srv, view) if od is not None else None
 
     latency, server, error = [math.nan] * n, [-1] * n, [False] * n
     # Per server, the times its worker slots become free (a heap of `workers` floats).
     free: list[list[float]] = [[0.0] * cluster.workers for _ in range(n_srv)]
     pending: list[tuple[float, int, int]] = []  # heap of (done time, server, request)
-    active, ewma, completed = view.active, view.latency_ewma, view.completed
-    alpha = balancer.ewma_alpha
+    active, ewma, peak, completed = view.active, view.latency_ewma, view.latency_peak, view.completed
+    alpha, tau, last_seen = balancer.ewma_alpha, balancer.peak_tau, [0.0] * n_srv
     heappush, heappop, heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
 
     for k in range(n):
         t = arrivals[k]
-        # Replay every response that came back before this arrival.
-        while pending and pending[0][0] <= t:
+        while pending and pending[0][0] <= t:  # replay the responses back before this arrival
             done, srv, rid = heappop(pending)
             active[srv] -= 1
             lat = latency[rid]
+            first = completed[srv] == 0
             completed[srv] += 1
-            ewma[srv] = lat if completed[srv] == 1 else ewma[srv] + alpha * (lat - ewma[srv])
+            ewma[srv] = ewma_update(None if first else ewma[srv], lat, alpha)
+            peak[srv] = peak_ewma_update(None if first else peak[srv], lat, done - last_seen[srv], tau)
+            last_seen[srv] = done
             if detector is not None:
                 detector.observe(srv, lat, error[rid], done)
         view.now = t
@@ -342,7 +350,8 @@ class _Detector:
         self.next_tick = od.interval
         self.history: list[list[float]] = []  # [server, from, until]
         self.open_record: dict[int, list[float]] = {}  # server -> its current ejection
-        self.max_ejected = max(1, int(n * od.max_ejection_percent / 100))
+        self.max_ejected = max(int(n * od.max_ejection_percent / 100),  # rounded down (1.28+)
+                               int(od.always_eject_one_host))
 
     def observe(self, srv: int, lat: float, failed: bool, now: float) -> None:
         self.window[srv].append(lat)
@@ -366,26 +375,19 @@ class _Detector:
                 self.open_record.pop(srv)[2] = now
         self._refresh()
         if self.od.latency_factor is not None:
-            medians = {s: float(np.median(w)) for s, w in enumerate(self.window)
-                       if len(w) >= self.od.min_requests and s not in self.ejected_until}
-            if len(medians) >= 2:
-                fleet = float(np.median(list(medians.values())))
-                worst_first = sorted(medians, key=medians.get, reverse=True)
-                for srv in worst_first:
-                    if medians[srv] > self.od.latency_factor * fleet:
-                        self._eject(srv, now)
+            judged = [[] if s in self.ejected_until else w for s, w in enumerate(self.window)]
+            for srv in latency_outliers(judged, self.od.latency_factor, self.od.min_requests):
+                self._eject(srv, now)
         self.window = [[] for _ in range(self.n)]
 
     def _eject(self, srv: int, now: float) -> None:
         if srv in self.ejected_until or len(self.ejected_until) >= self.max_ejected:
             return
         self.times_ejected[srv] += 1
-        length = min(self.od.base_ejection_time * self.times_ejected[srv],
-                     self.od.max_ejection_time)
-        self.ejected_until[srv] = now + length
-        record = [srv, now, math.inf]  # `until` is set when it returns
+        self.ejected_until[srv] = now + min(self.od.base_ejection_time * self.times_ejected[srv],
+                                            self.od.max_ejection_time)
+        self.open_record[srv] = record = [srv, now, math.inf]  # `until` is set when it returns
         self.history.append(record)
-        self.open_record[srv] = record
         self._refresh()
 
     def _refresh(self) -> None:

@@ -158,7 +158,7 @@ def test_weighted_round_robin_follows_the_weights() -> None:
 def test_least_connections_picks_the_fewest_in_flight() -> None:
     import random
 
-    view = lb.View(4, [1.0] * 4, random.Random(0), 0.1)
+    view = lb.View(4, [1.0] * 4, random.Random(0))
     view.active[:] = [3, 1, 2, 1]
     assert {lb.least_connections(view) for _ in range(50)} == {1, 3}  # ties split at random
     view.candidates = [0, 2]  # 1 and 3 ejected
@@ -268,8 +268,57 @@ def test_a_case_that_raises_fails_only_its_rows(tmp_path, monkeypatch) -> None:
     rows = {c.name: c for c in result.checks}
     unseen = [c for name, c in rows.items() if name.startswith(checks.UNSEEN.name)]
     noon = [c for name, c in rows.items() if name.startswith(checks.NOON.name)]
-    assert len(unseen) == 2 and all("RuntimeError" in c.found for c in unseen)
+    assert len(unseen) == 3 and all("RuntimeError" in c.found for c in unseen)
     assert "checks.noon_report(my_answer, checks.UNSEEN, seed=11)" in unseen[0].hint
-    assert len(noon) == 2 and not any("RuntimeError" in c.found for c in noon)
+    assert len(noon) == 3 and not any("RuntimeError" in c.found for c in noon)
     assert "%" in noon[1].found  # judged on its numbers: least-connections is not enough
     assert "3 runs raised" in rows["no request dropped"].found
+
+
+# --- v2: the cap as in Envoy 1.28+, the latency estimates, the fixed reference --------------
+
+
+@pytest.mark.parametrize("hosts, default, one_host", [(8, 0, 1), (10, 1, 1), (20, 2, 2)])
+def test_ejection_cap_rounds_down_unless_always_eject_one_host(hosts, default, one_host) -> None:
+    # Envoy (outlier_detection_impl.cc): eject only if 100 * (ejected + 1) / hosts <= 10
+    envoy = max(k for k in range(hosts + 1) if k == 0 or 100 * k / hosts <= 10)
+    assert envoy == default
+    cluster = lb.Cluster(n_servers=hosts, arrival_rate=20.0, error_rates=(1.0,) * 3 + (0.0,) * (hosts - 3))
+    for always, expected in ((False, default), (True, one_host)):
+        od = lb.OutlierDetection(always_eject_one_host=always)
+        result = lb.simulate(cluster, lb.Balancer(lb.round_robin, od), 4000, seed=0)
+        most = max(sum(a <= t < u for _, a, u in result.ejections)
+                   for t in np.linspace(0, float(result.arrival[-1]), 400))
+        assert most == expected
+
+
+def test_ewma_and_peak_ewma_against_their_closed_forms() -> None:
+    # EWMA after n equal observations x from x0: x + (x0 - x)(1 - alpha)^n
+    value = 0.05
+    for _ in range(7):
+        value = lb.ewma_update(value, 0.8, 0.1)
+    assert value == pytest.approx(0.8 + (0.05 - 0.8) * 0.9 ** 7)
+    assert lb.ewma_update(None, 0.3, 0.1) == 0.3
+    assert lb.peak_ewma_update(0.05, 0.8, 0.01, 10.0) == 0.8  # jumps up at once
+    # decays: after elapsed = tau, the old value keeps weight 1/e
+    assert lb.peak_ewma_update(0.8, 0.05, 10.0, 10.0) == pytest.approx(0.05 + 0.75 / math.e)
+
+
+def test_latency_outliers_use_medians_and_skip_thin_windows() -> None:
+    fast = [[0.03] * 40 for _ in range(5)]
+    slow = [*fast, [0.2] * 40]  # six times the fleet's median
+    assert lb.latency_outliers(slow, 3.0, 20) == [5]
+    heavy = [list(w) for w in fast]
+    heavy[1] = [0.03] * 37 + [5.0] * 3  # mean 0.40 s, median 0.03 s
+    assert lb.latency_outliers(heavy, 3.0, 20) == []
+    thin = [*fast, [1.0] * 5]
+    assert lb.latency_outliers(thin, 3.0, 20) == []
+
+
+def test_everything_to_one_server_fails_against_the_fixed_reference(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
+    rows = {c.name: c for c in checks.check_exercise(lambda view: 0).checks}
+    share = rows[f"{checks.NOON.name}: every healthy server takes its part"]
+    assert not share.passed and "0.00× to" in share.found
+    p99 = rows[f"{checks.NOON.name}: overall p99"]
+    assert not p99.passed and "reference" in p99.found

@@ -33,7 +33,7 @@ def simulate_simpy(cluster: lb.Cluster, policy: lb.Policy, n_requests: int, *,
     speeds = cluster.speed_list()
     env = simpy.Environment()
     servers = [simpy.Resource(env, capacity=cluster.workers) for _ in range(cluster.n_servers)]
-    view = lb.View(cluster.n_servers, cluster.weight_list(), random.Random(seed), 0.1)
+    view = lb.View(cluster.n_servers, cluster.weight_list(), random.Random(seed))
     latency = np.full(n_requests, np.nan)
 
     def request(k: int, srv: int):  # a SimPy process: queue, get a worker, work, leave

@@ -10,9 +10,12 @@ maximum: :func:`long_run_mean_latency` uses it to reach the 10^8 requests that a
 
 The exercise: noon traffic on a fleet where one server has slowed down but stays up
 (:data:`NOON`, and a variant the notebook never shows, :data:`UNSEEN`).
-:func:`check_exercise` runs the learner's balancer on both over :data:`CHECK_SEEDS`;
-:func:`noon_report` gives the numbers it judges, so a learner can reproduce any row:
-``checks.noon_report(my_answer, checks.UNSEEN, seed=12)``.
+:func:`check_exercise` runs the learner's balancer on both over :data:`CHECK_SEEDS` and
+judges it against a **fixed reference**: least-connections on the same fleet with every
+server healthy, for the same traffic and seed (never against the learner's own healthy
+run, which lets "everything to server 0" look as good as itself). :func:`noon_report`
+gives the numbers it judges: ``checks.noon_report(my_answer, checks.UNSEEN, seed=12)``.
+The four step checks are in ``load_balancing_steps.py``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from labsupport import exercises as ex
 from labsupport import load_balancing as lb
+from labsupport import quiz as qz
+from labsupport.checks import load_balancing_steps as steps
 
 EXERCISE_ID = "02_load_balancing"
 
@@ -179,6 +185,7 @@ SLOW_FACTOR = 5.0  # a request is "slow" if it takes more than 5x the healthy me
 MAX_SLOW_FRACTION = 0.01
 MAX_P99_RATIO = 2.0
 MAX_HEALTHY_EJECTED = 0.10  # fraction of the noon window a healthy server may spend ejected
+SHARE_BOUNDS = (0.25, 2.5)  # each healthy server's share, as a multiple of 1 / (healthy servers)
 
 
 def after(result: lb.Result, t: float) -> lb.Result:
@@ -207,41 +214,50 @@ class NoonReport:
     scenario: str
     seed: int
     p99_slow_fleet: float  # seconds, all requests, slow server present
-    p99_healthy_fleet: float  # seconds, same policy, every server healthy
-    median_healthy_fleet: float  # seconds
-    slow_fraction: float  # requests slower than SLOW_FACTOR x healthy median
+    p99_healthy_fleet: float  # seconds: the reference, least-connections, every server healthy
+    median_healthy_fleet: float  # seconds, the same reference run
+    slow_fraction: float  # requests slower than SLOW_FACTOR x the reference's median
     slow_server_share: float  # fraction of requests the slow server took
     slow_server_p99: float  # seconds, p99 of the slow server's users
     dropped: int
     worst_healthy_ejected: float  # fraction of the window, worst healthy server
+    healthy_shares: tuple[float, ...]  # each healthy server's share / its fair share
+
+
+@cache
+def reference(scenario: Scenario, seed: int, n: int) -> tuple[float, float]:
+    """(p99, median) in seconds of the fixed reference: least-connections at noon with every
+    server healthy, the same traffic and seed. Computed once per process."""
+    healthy = after(lb.simulate(scenario.cluster(slow=False), lb.least_connections, n, seed=seed),
+                    scenario.warm_seconds)
+    return healthy.percentile(99), healthy.percentile(50)
 
 
 def noon_report(balancer: lb.Balancer | lb.Policy, scenario: Scenario = NOON, seed: int = 11,
                 n_requests: int | None = None) -> NoonReport:
-    """Run ``balancer`` at noon with and without the slow server; return the numbers."""
+    """Run ``balancer`` at noon with the slow server; return the numbers, against the
+    reference (:func:`reference`)."""
     n = (n_requests or scenario.n_requests) + int(scenario.noon_rate * scenario.warm_seconds)
+    p99_ref, median_h = reference(scenario, seed, n)
     # Judge only what happens once the server has slowed down.
-    healthy = after(lb.simulate(scenario.cluster(slow=False), balancer, n, seed=seed),
-                    scenario.warm_seconds)
     slow = after(lb.simulate(scenario.cluster(slow=True), balancer, n, seed=seed),
                  scenario.warm_seconds)
-    median_h = healthy.percentile(50)
     served = slow.served()
     others = [s for s in range(scenario.n_servers) if s != scenario.slow_server]
     window = max(slow.duration, 1e-9)
+    fair = 1.0 / len(others)
     return NoonReport(
         scenario=scenario.name, seed=seed,
-        p99_slow_fleet=slow.percentile(99), p99_healthy_fleet=healthy.percentile(99),
-        median_healthy_fleet=median_h,
+        p99_slow_fleet=slow.percentile(99) if served.size else math.inf,
+        p99_healthy_fleet=p99_ref, median_healthy_fleet=median_h,
         # A dropped request never got an answer: it counts as slow too.
         slow_fraction=float(((served > SLOW_FACTOR * median_h).sum() + slow.dropped)
                             / max(1, slow.server.size)),
         slow_server_share=float(slow.share()[scenario.slow_server]),
         slow_server_p99=slow.percentile(99, scenario.slow_server),
-        dropped=slow.dropped + healthy.dropped,
-        worst_healthy_ejected=max(max(ejected_seconds(slow, s) for s in others),
-                                  max(ejected_seconds(healthy, s)
-                                      for s in range(scenario.n_servers))) / window)
+        dropped=slow.dropped,
+        worst_healthy_ejected=max(ejected_seconds(slow, s) for s in others) / window,
+        healthy_shares=tuple(float(slow.share()[s]) / fair for s in others))
 
 
 def _as_balancer(answer: Any) -> lb.Balancer:
@@ -280,9 +296,10 @@ def _scenario_checks(var: str, outcomes: dict[int, NoonReport | Exception]) -> l
         ratio = _p99_ratio(worst)
         return ex.Check(
             f"{sc.name}: overall p99", ratio <= MAX_P99_RATIO,
-            f"≤ {MAX_P99_RATIO:.0f}× the p99 your policy gets with every server healthy",
+            f"≤ {MAX_P99_RATIO:.0f}× the reference's p99 (least-connections, every server "
+            "healthy, the same traffic)",
             f"{worst.p99_slow_fleet:.3f} s vs {worst.p99_healthy_fleet:.3f} s "
-            f"healthy ({ratio:.1f}×, worst of {len(mine)} seeds); users of the slow server: "
+            f"reference ({ratio:.1f}×, worst of {len(mine)} seeds); users of the slow server: "
             f"p99 {worst.slow_server_p99:.2f} s, "
             f"{100 * worst.slow_server_share:.1f}% of requests",
             hint="Look at how much traffic the slow server still gets, and whether your "
@@ -294,15 +311,32 @@ def _scenario_checks(var: str, outcomes: dict[int, NoonReport | Exception]) -> l
             worst.slow_fraction <= MAX_SLOW_FRACTION,
             f"≤ {100 * MAX_SLOW_FRACTION:.0f}% of requests",
             f"{100 * worst.slow_fraction:.2f}% slower than "
-            f"{SLOW_FACTOR * worst.median_healthy_fleet * 1000:.0f} ms "
+            f"{SLOW_FACTOR * worst.median_healthy_fleet * 1000:.0f} ms (5× the reference's median) "
             f"(slow server took {100 * worst.slow_server_share:.1f}% of requests)",
             hint="Least-connections only sends the slow server a bit less; the balancer has "
                  "to notice the slowness: latency-based outlier detection, or weigh servers "
                  "by their observed latency.")
 
+    low, high = SHARE_BOUNDS
+
+    def off(r: NoonReport) -> float:  # how far the worst healthy server is outside the bounds
+        return max(max(low - x, x - high, 0.0) for x in r.healthy_shares)
+
+    def shares(worst: NoonReport) -> ex.Check:
+        lo, hi = min(worst.healthy_shares), max(worst.healthy_shares)
+        return ex.Check(
+            f"{sc.name}: every healthy server takes its part",
+            lo >= low and hi <= high,
+            f"each healthy server between {low:g}× and {high:g}× its fair share "
+            f"(1/{len(worst.healthy_shares)} of the requests)",
+            f"from {lo:.2f}× to {hi:.2f}× its fair share (worst of {len(mine)} seeds)",
+            hint="A fleet is there to be used: sending everything to one server, or to a few, "
+                 "overloads them while the others idle.")
+
     return [judge(f"{sc.name}: overall p99", _p99_ratio, p99),
             judge(f"{sc.name}: requests slower than {SLOW_FACTOR:.0f}× the healthy median",
-                  lambda r: r.slow_fraction, slow)]
+                  lambda r: r.slow_fraction, slow),
+            judge(f"{sc.name}: every healthy server takes its part", off, shares)]
 
 
 def _fleet_checks(outcomes: dict[tuple[str, int], NoonReport | Exception]) -> list[ex.Check]:
@@ -364,3 +398,72 @@ def _checks(answer: Any) -> list[ex.Check]:
 def check_exercise(answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:
     """Check the learner's balancer (a policy function, or a Balancer) on the noon scenario."""
     return ex.run_checks(EXERCISE_ID, _checks, answer, solution_mode=solution_mode)
+
+
+# --- the steps and the review quiz ----------------------------------------------------------
+
+STEP_CHECKS = {1: steps.step_1_checks, 2: steps.step_2_checks, 3: steps.step_3_checks,
+               4: steps.step_4_checks}
+
+
+def check_step(n: int, answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Check "Your turn" step ``n`` (1: least-connections, 2: power of two, 3: EWMA and peak
+    EWMA, 4: latency outliers)."""
+    return ex.run_checks(ex.step_id(EXERCISE_ID, n), STEP_CHECKS[n], answer,
+                         solution_mode=solution_mode)
+
+
+def check_quiz(answers: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Judge the review quiz answered in code (question id -> option number or value)."""
+    return QUIZ.answer(answers, solution_mode=solution_mode)
+
+
+QUIZ = qz.Quiz(EXERCISE_ID, {
+    "slow-but-up": qz.Choice(
+        "One of ten servers answers ten times slower but never fails. Why does least-"
+        "connections still hurt its users?",
+        ("It does not: least-connections sends the slow server no traffic at all",
+         "Counting requests in flight cannot tell busy from slow: the slow server still "
+         "gets a share, and every request it gets takes ten times as long",
+         "Least-connections is round-robin in disguise",
+         "Health checks eject the slow server, so its users are dropped"),
+        1, "Requests pile up in flight on the slow server, so it gets fewer new ones, but "
+           "not none: in this notebook it still took about 1.4% of noon's requests, each ten "
+           "times slower, which put 1.5% of all requests over five times the healthy median."),
+    "two-choices": qz.Numeric(
+        "The supermarket model: n → ∞ servers at 90% load (λ = 0.9, service rate 1), each "
+        "request samples d servers and joins the shortest queue. One random choice (d = 1) "
+        "keeps a request 10 service times. What does d = 2 give, in service times?",
+        2.614, 0.1, "service times",
+        "T_d(λ) = Σ_{i≥1} λ^((d^i − d)/(d − 1)); for d = 2 the exponents are 0, 2, 6, 14, …: "
+        "1 + 0.81 + 0.531 + 0.229 + 0.043 + … ≈ 2.61. One extra sample removes most of the "
+        "queueing; at λ = 0.99 it is 5.43 against 100."),
+    "error-ejection": qz.Choice(
+        "Outlier detection with Envoy's defaults (eject after 5 consecutive 5xx) runs in "
+        "front of a server that is ten times slower but answers every request with 200. "
+        "What happens?",
+        ("It is ejected after 5 slow responses", "It is ejected once its success rate drops",
+         "Nothing: it returns no errors, so no error-based detector fires",
+         "Envoy's health checks remove it within one interval"),
+        2, "Envoy's detectors count errors (consecutive 5xx, gateway failures, success rate, "
+           "failure percentage), not latency: a slow host is caught only once requests time "
+           "out. That is why this notebook's balancer has to look at latency."),
+    "envoy-131": qz.Choice(
+        "Envoy 1.31 or later, outlier detection at its defaults (max_ejection_percent 10, "
+        "always_eject_one_host false), a cluster of 8 hosts, one of which fails every "
+        "request. How many hosts can Envoy eject?",
+        ("None: 10% of 8 hosts rounds down to 0", "One: at least one host is always ejected",
+         "Two", "All failing hosts, the cap only applies to healthy ones"),
+        0, "A host is ejected only if (ejected + 1) / hosts stays within 10%: 1/8 is 12.5%, "
+           "so none may be. The cap became strict in Envoy 1.28 (before, at least one host was "
+           "always allowed); since 1.31 that needs always_eject_one_host, or a higher "
+           "max_ejection_percent."),
+    "peak-ewma": qz.Choice(
+        "A server has averaged 50 ms. One response takes 800 ms. What do a plain EWMA "
+        "(α = 0.1) and a peak EWMA estimate right after it?",
+        ("Both about 125 ms", "EWMA 125 ms; peak EWMA 800 ms, decaying back as fast "
+         "responses arrive", "EWMA 800 ms; peak EWMA 125 ms", "Both 800 ms"),
+        1, "The EWMA moves 10% of the way: 50 + 0.1 × 750 = 125 ms. Peak EWMA jumps to the "
+           "slower observation at once and decays with exp(−elapsed/τ), so a server that "
+           "turns slow is avoided at its first slow response, and forgiven over time."),
+})
