@@ -73,7 +73,7 @@ def latency_aware_least_connections(view: lb.View) -> int:
 
 
 # Belt and braces: outlier detection with a latency check, for a server that is slow on
-# every request. Since Envoy 1.31 the 10% cap rounds down: a fleet of 8 may eject nobody
+# every request. Since Envoy 1.28 the 10% cap rounds down: a fleet of 8 may eject nobody
 # unless always_eject_one_host is set, so it is.
 answer = lb.Balancer(policy=latency_aware_least_connections,
                      outlier_detection=lb.OutlierDetection(latency_factor=3.0,
