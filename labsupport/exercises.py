@@ -87,7 +87,7 @@ COURSE: tuple[Exercise, ...] = (
              "rules- and classifier-based routing between a small and a large model",
              "model_routing",
              "Python, a threshold on a probability; 00 run once (it checks the embedding "
-             "model). No API key: both models are simulated offline.", 15),
+             "model). No API key: both models are simulated offline.", 35, steps=4),
     Exercise("05_rag_pipeline", "RAG pipeline",
              "ingestion (chunk, embed, store) and query (embed, retrieve, answer)",
              "rag_pipeline",

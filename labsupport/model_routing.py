@@ -23,7 +23,7 @@ DAILY_REQUESTS = 10_000  # the scenario's traffic
 SYSTEM_PROMPT_TOKENS = 150  # the assistant's system prompt, sent with every request (tokens)
 SMALL_FAILURE_RATE = 0.6  # assumption: share of complex requests the small model gets wrong
 
-Router = Callable[[Sequence["Request"]], list[str]]  # requests -> "small" or "large" for each
+Router = Callable[[Sequence["RouterRequest"]], list[str]]  # -> "small" or "large" for each
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +32,7 @@ class Request:
     """One assistant request from ``data/routing/requests.csv``."""
     id: str
     text: str
-    label: str | None  # "simple" or "complex"; None when hidden from a router
+    label: str  # "simple" or "complex"
     domain: str  # support, coding, hr, finance, writing, analysis, devops, marketing
     split: str  # "train" or "test"
     prompt_tokens: int  # tokens of the request text (ceil(characters / 4))
@@ -54,9 +54,17 @@ def load_requests(split: str | None = None, path: Path = REQUESTS_CSV) -> list[R
     return [r for r in rows if split is None or r.split == split]
 
 
-def without_labels(requests: Sequence[Request]) -> list[Request]:
-    """Copies with the label removed: what a router sees in production."""
-    return [replace(r, label=None) for r in requests]
+@dataclass(frozen=True, slots=True)
+class RouterRequest:
+    """What a router sees at request time: no label, answer length or id (slots: no more)."""
+    text: str
+    prompt_tokens: int  # ceil(characters / 4), as the gateway counts it before the call
+    domain: str  # which part of the product sent it
+
+
+def router_view(requests: Sequence[Request]) -> list[RouterRequest]:
+    """Fresh copies holding only what a router may see: what every router here is given."""
+    return [RouterRequest(r.text, r.prompt_tokens, r.domain) for r in requests]
 
 
 def labels_of(requests: Sequence[Request]) -> np.ndarray:
@@ -89,10 +97,8 @@ class Backend:
         return self.ttft_s + np.maximum(output - 1, 0) * self.s_per_output_token
 
 
-# List prices (standard tier, USD per 1M tokens) from https://openai.com/api/pricing/: gpt-4o-mini
-# since its launch on 2024-07-18, gpt-4o since it pointed to gpt-4o-2024-08-06 (2024-10-02).
-# Prices change: check them. Latency profiles are assumptions of the order of public
-# measurements of these models; measure your own (notebook 06 shows how).
+# List prices (standard tier, USD per 1M tokens, https://openai.com/api/pricing/) as of the date
+# below; they change: check them. Latency profiles are assumptions: measure your own (see 06).
 PRICES_AS_OF = "2024-10-02"
 SMALL = Backend("gpt-4o-mini", 0.15, 0.60, PRICES_AS_OF, ttft_s=0.35, s_per_output_token=0.012)
 LARGE = Backend("gpt-4o", 2.50, 10.00, PRICES_AS_OF, ttft_s=0.60, s_per_output_token=0.020)
@@ -174,14 +180,10 @@ class Outcome:
     quality: float  # fraction of requests answered correctly
     mean_latency_s: float
     p95_latency_s: float
+    p50_latency_s: float
+    p99_latency_s: float
     complex_to_small: int  # complex requests the router sent to the small model
     n_complex: int
-
-    def row(self) -> str:
-        return (f"{100 * self.share_large:5.1f}% large | ${self.daily_cost_usd:7.2f}/day | "
-                f"quality {100 * self.quality:5.1f}% | mean {self.mean_latency_s:5.2f} s | "
-                f"p95 {self.p95_latency_s:5.2f} s | complex→small {self.complex_to_small}"
-                f"/{self.n_complex}")
 
 
 def as_large_mask(routes: Any, n: int) -> np.ndarray:
@@ -208,26 +210,24 @@ def evaluate(requests: Sequence[Request], routes: Any, *, small: Backend = SMALL
     latency = np.where(to_large, large.latency_s(out), small.latency_s(out))
     wrong = ~to_large & small_model_fails(requests, failure_rate, seed)
     is_complex = labels_of(requests)
+    p50, p95, p99 = np.percentile(latency, [50, 95, 99])
     return Outcome(len(requests), float(to_large.mean()), float(cost.mean() * daily_requests),
-                   float(1 - wrong.mean()), float(latency.mean()),
-                   float(np.percentile(latency, 95)), int((is_complex & ~to_large).sum()),
-                   int(is_complex.sum()))
+                   float(1 - wrong.mean()), float(latency.mean()), float(p95), float(p50),
+                   float(p99), int((is_complex & ~to_large).sum()), int(is_complex.sum()))
 
 
-def all_large(requests: Sequence[Request]) -> list[str]:
+def all_large(requests: Sequence[Any]) -> list[str]:
     """Today's setup: everything to the large model."""
     return ["large"] * len(requests)
 
 
-def all_small(requests: Sequence[Request]) -> list[str]:
+def all_small(requests: Sequence[Any]) -> list[str]:
     return ["small"] * len(requests)
 
 
 def oracle_router(requests: Sequence[Request]) -> list[str]:
     """Knows every label: exactly the complex requests go to the large model."""
-    if any(r.label is None for r in requests):
-        raise ValueError("the oracle needs labelled requests")
-    return ["large" if r.is_complex else "small" for r in requests]
+    return ["large" if r.is_complex else "small" for r in requests]  # Request objects only
 
 
 def random_scores(n: int, seed: int = 0) -> np.ndarray:
@@ -243,7 +243,7 @@ COMPLEX_KEYWORDS: tuple[str, ...] = (
     "develop", "explain how", "evaluate", "audit")
 
 
-def rules_router(requests: Sequence[Request], *, max_simple_tokens: int = 35,
+def rules_router(requests: Sequence[RouterRequest], *, max_simple_tokens: int = 35,
                  keywords: Sequence[str] = COMPLEX_KEYWORDS,
                  large_domains: Sequence[str] = ()) -> list[str]:
     """Large when the prompt is long, contains a keyword, or comes from a listed domain."""
@@ -327,12 +327,12 @@ class ComplexityClassifier:
     model: LogisticRegression
     trained_on: frozenset[str]  # request ids seen in training
 
-    def predict_proba(self, requests: Sequence[Request] | Sequence[str]) -> np.ndarray:
+    def predict_proba(self, requests: Sequence[RouterRequest | Request] | Sequence[str]) -> np.ndarray:
         return self.model.predict_proba(embed_requests(requests))
 
     def router(self, alpha: float) -> Router:
         """A router that sends a request to the large model when P(complex) ≥ α."""
-        def route(requests: Sequence[Request]) -> list[str]:
+        def route(requests: Sequence[RouterRequest]) -> list[str]:
             mask = threshold_routes(self.predict_proba(requests), alpha)
             return ["large" if m else "small" for m in mask]
         return route
@@ -340,12 +340,12 @@ class ComplexityClassifier:
 
 def train_classifier(requests: Sequence[Request], l2: float = 0.1) -> ComplexityClassifier:
     """Fit the classifier on labelled *training* requests; test requests are refused."""
+    if not all(isinstance(r, Request) for r in requests):
+        raise ValueError("training needs labelled requests (mr.Request, not what a router sees)")
     leaked = [r.id for r in requests if r.split == "test"]
     if leaked:
         raise ValueError(f"{len(leaked)} test requests given for training (e.g. {leaked[0]}):"
                          " the test split is for measuring only")
-    if any(r.label is None for r in requests):
-        raise ValueError("training needs labelled requests")
     model = LogisticRegression(l2=l2).fit(embed_requests(requests), labels_of(requests))
     return ComplexityClassifier(model, frozenset(r.id for r in requests))
 
@@ -375,7 +375,7 @@ class RoutingGateway:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
     def handle(self, request: Request) -> Completion:
-        route = self.router([request])[0]
+        route = self.router(router_view([request]))[0]  # the router sees only the text
         errors: list[str] = []
         for target in [route] + [r for r in ROUTES if r != route]:  # the routed one first
             try:

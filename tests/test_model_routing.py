@@ -241,7 +241,7 @@ def test_classifier_refuses_test_requests(monkeypatch):
     with pytest.raises(ValueError, match="test requests"):
         mr.train_classifier(mr.load_requests())
     with pytest.raises(ValueError, match="labelled"):
-        mr.train_classifier(mr.without_labels(mr.load_requests("train")))
+        mr.train_classifier(mr.router_view(mr.load_requests("train")))
 
 
 def test_reference_solution_never_sees_test_data(monkeypatch):
@@ -354,7 +354,7 @@ def test_good_router_with_report_passes():
 
 def test_router_sees_no_labels_and_errors_become_feedback():
     result = checks.check_exercise({"router": mr.oracle_router, "report": {}})
-    assert not result.passed and "labelled" in result.checks[0].found
+    assert not result.passed and "is_complex" in result.checks[0].found  # no label to read
     assert not checks.check_exercise(None).passed
     assert not checks.check_exercise({"router": 42, "report": {}}).passed
     bad_length = checks.check_exercise({"router": lambda rs: ["small"], "report": {}})
@@ -377,7 +377,7 @@ def test_solution_mode_raises_on_failure():
 def test_failed_rows_name_the_input_and_a_reproduce_line_that_runs():
     result = checks.check_exercise({"router": mr.rules_router, "report": {}})
     row = next(c for c in result.checks if c.name == "complex requests sent to small")
-    assert "labels hidden" in row.hint and 'checks.outcome(my_answer["router"])' in row.hint
+    assert "as a router sees it" in row.hint and 'checks.outcome(my_answer["router"])' in row.hint
     my_answer = {"router": mr.rules_router}
     reproduced = eval(row.hint.split("Reproduce: ")[1],  # the line a learner pastes
                       {"checks": checks, "mr": mr, "my_answer": my_answer})
@@ -417,3 +417,34 @@ def test_bench_cli_prints_the_reference_routers(capsys):
     assert table["oracle"].quality == 1.0 and table["all large"].share_large == 1.0
     with pytest.raises(SystemExit):
         bench.main(["--help"])
+
+
+
+# --- v2: what the router sees ------------------------------------------------------------------
+
+
+def test_router_input_carries_only_request_time_fields():
+    view = mr.router_view(mr.load_requests("test"))
+    assert {f for f in mr.RouterRequest.__slots__} == {"text", "prompt_tokens", "domain"}
+    assert not hasattr(view[0], "__dict__")  # slots: nothing can be attached
+    with pytest.raises(AttributeError):
+        view[0].output_tokens  # noqa: B018 - the answer's length does not exist at request time
+    seen = []
+    checks.route_test_split(lambda batch: seen.extend(batch) or ["large"] * len(batch))
+    assert seen and all(type(r) is mr.RouterRequest for r in seen)
+
+
+def test_no_field_the_router_sees_predicts_the_label_better_than_the_text():
+    train, test = mr.load_requests("train"), mr.load_requests("test")
+    y_train, y_test = mr.labels_of(train), mr.labels_of(test)
+    text_accuracy = np.mean((mr.train_classifier(train).predict_proba(test) >= 0.5) == y_test)
+    # domain: the best a per-domain majority vote can do
+    by_domain = {d: np.mean([y for r, y in zip(train, y_train, strict=True) if r.domain == d]) >= 0.5
+                 for d in {r.domain for r in train}}
+    domain_accuracy = np.mean([by_domain[r.domain] == y for r, y in zip(test, y_test, strict=True)])
+    # prompt tokens: the best threshold on the training split
+    tokens = np.array([r.prompt_tokens for r in train])
+    best = max(range(1, 200), key=lambda t: np.mean((tokens > t) == y_train))
+    token_accuracy = np.mean((np.array([r.prompt_tokens for r in test]) > best) == y_test)
+    assert domain_accuracy < text_accuracy and token_accuracy < text_accuracy, (
+        domain_accuracy, token_accuracy, text_accuracy)

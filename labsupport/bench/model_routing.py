@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark:
         print(json.dumps(benchmark(), indent=2))
         return 0
-    for name, outcome in scenario_table(args.split).items():
-        print(f"{name:10s} {outcome.row()}")
+    for name, o in scenario_table(args.split).items():
+        print(f"{name:10s} {100 * o.share_large:5.1f}% large | ${o.daily_cost_usd:7.2f}/day | "
+              f"quality {100 * o.quality:5.1f}% | p50 {o.p50_latency_s:5.2f} s | "
+              f"p99 {o.p99_latency_s:5.2f} s | complex→small {o.complex_to_small}/{o.n_complex}")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Checks of ``04_model_routing.ipynb``: the scenario exercise (stop sending everything to the
 largest model).
 
-The learner's router runs once on the held-out test split with the labels hidden
-(:func:`route_test_split`); its routing is judged against fixed references, the oracle
+The learner's router runs once on the held-out test split, given only what a router sees
+(:func:`route_test_split`, :class:`~labsupport.model_routing.RouterRequest`); its routing is judged against fixed references, the oracle
 router (cost) and all-large (quality, over :data:`CHECK_SEEDS` draws of which complex
 requests the small model fails), at the scenario's 10,000 requests a day. The report's
 seven numbers are compared with :func:`reference_report`. A learner can reproduce any row:
@@ -19,6 +19,8 @@ import numpy as np
 
 from labsupport import exercises as ex
 from labsupport import model_routing as mr
+from labsupport import quiz as qz
+from labsupport.checks import model_routing_steps as steps
 
 EXERCISE_ID = "04_model_routing"
 REPORT_KEYS = ("all_large_daily_cost_usd", "all_large_mean_latency_s",
@@ -29,7 +31,7 @@ MIN_QUALITY_VS_LARGE = 0.97
 MAX_COMPLEX_TO_SMALL = 0.05
 CHECK_SEEDS = (0, 1, 2, 3, 4)  # which complex requests the small model fails: 5 draws
 REPORT_TOLERANCE = 0.01  # reported numbers within 1 %
-CASE = "the test split (data/routing/requests.csv), labels hidden"
+CASE = "the test split (data/routing/requests.csv), as a router sees it (mr.router_view)"
 
 
 def reference_report(routes: Any, requests: Sequence[mr.Request]) -> dict[str, float]:
@@ -45,10 +47,11 @@ def reference_report(routes: Any, requests: Sequence[mr.Request]) -> dict[str, f
 
 
 def route_test_split(router: mr.Router) -> np.ndarray:
-    """Run ``router`` on the test split with the labels hidden, as the checker does; the
-    routing as a boolean array (True = large). Raises what the router raises."""
+    """Run ``router`` on the test split as the checker does, on fresh ``mr.RouterRequest``
+    copies (text, prompt tokens, domain: no label, answer length or id); the routing as a
+    boolean array (True = large). Raises what the router raises."""
     test = mr.load_requests("test")
-    return mr.as_large_mask(router(mr.without_labels(test)), len(test))
+    return mr.as_large_mask(router(mr.router_view(test)), len(test))
 
 
 def outcome(router: mr.Router, seed: int = 0) -> mr.Outcome:
@@ -160,3 +163,75 @@ def report_check(report: Any, expected: dict[str, float]) -> ex.Check:
 def check_exercise(answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:
     """Check the learner's router and report for the scenario exercise of notebook 04."""
     return ex.run_checks(EXERCISE_ID, _checks, answer, solution_mode=solution_mode)
+
+
+# --- the steps and the review quiz ------------------------------------------------------------
+
+STEP_CHECKS = {1: steps.step_1_checks, 2: steps.step_2_checks, 3: steps.step_3_checks,
+               4: steps.step_4_checks}
+
+
+def check_step(n: int, answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Check "Your turn" step ``n`` (1: cost, 2: rules router, 3: APGR, 4: α from training)."""
+    return ex.run_checks(ex.step_id(EXERCISE_ID, n), STEP_CHECKS[n], answer,
+                         solution_mode=solution_mode)
+
+
+QUIZ = qz.Quiz(EXERCISE_ID, {
+    "test-set": qz.Choice(
+        "You pick the classifier's threshold α as the value that gives the best cost at 97% "
+        "quality on the test split, and report that cost. What is wrong?",
+        ("Nothing: the test split is the most realistic data you have",
+         "The reported cost is tuned to those very requests: it overstates what α will do on "
+         "tomorrow's traffic. Choose α on training data (out-of-fold scores) and touch the "
+         "test split once, to measure",
+         "The test split is too small to compute a cost on",
+         "α must always be 0.5"),
+        1, "A threshold picked on the data it is scored on fits that data's quirks; the number "
+           "you report is then an optimistic estimate. Out-of-fold scores on the training split "
+           "give every training request a score from a model that never saw it: choose α "
+           "there, then measure once on the test split."),
+    "apgr-random": qz.Choice(
+        "A router sends each request to the strong model at random, with probability p, "
+        "whatever the request. What is its APGR (area under PGR against the share of strong "
+        "calls)?",
+        ("0.5: its PGR equals its share of strong calls, the diagonal",
+         "0: it recovers nothing", "1: it recovers everything at 100% strong calls",
+         "It depends on the models"),
+        0, "Random routing recovers the quality gap in proportion to the calls it sends to "
+           "the strong model: PGR = share, whose area over [0, 1] is one half. RouteLLM reports "
+           "a random router at 0.5 for that reason: a learned router is worth its APGR above it."),
+    "request-cost": qz.Numeric(
+        "gpt-4o at 2.50 USD per 1M input tokens and 10.00 per 1M output tokens (prices as of "
+        "2024-10-02). One request: 500 prompt tokens plus a 150-token system prompt, 300 output "
+        "tokens. What does it cost, in thousandths of a dollar (USD × 1000)?",
+        4.625, 0.01, "USD × 1000",
+        "(500 + 150) × 2.50 / 1e6 + 300 × 10.00 / 1e6 = 0.001625 + 0.003 = 0.004625 USD, "
+        "so 4.625 thousandths of a dollar. Output tokens cost four times input tokens here: "
+        "long answers, not long prompts, drive the bill."),
+    "cascade-latency": qz.Choice(
+        "A cascade sends every request to the small model first and escalates to the large one "
+        "when a scorer does not trust the answer. What does an escalated request's user wait?",
+        ("The large model's latency only", "The small model's latency only",
+         "Both: the small model's answer, the scorer, then the large model's answer",
+         "Nothing extra: the two calls run in parallel"),
+        2, "Escalation is sequential: the small answer has to exist before it can be judged. "
+           "That is why the cascade's p99 latency can be worse than all-large's even when its "
+           "cost is lower: the Measure table shows it."),
+    "leak": qz.Choice(
+        "A router that routes on each request's output length (in tokens) matches the oracle. "
+        "Why may it not be used?",
+        ("It may: output length is a fine signal",
+         "The output length is known only after the answer is generated: at request time the "
+         "router cannot see it, so it is a label leak",
+         "Output lengths are too noisy", "It would be too slow"),
+        1, "A router decides before any model runs; it sees the prompt and request-time "
+           "metadata. Anything derived from the answer (its length, whether it was right) is "
+           "the label in disguise. Here the router receives RouterRequest objects: text, "
+           "prompt tokens and the product area, nothing else."),
+})
+
+
+def check_quiz(answers: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Judge the review quiz answered in code (question id -> option number or value)."""
+    return QUIZ.answer(answers, solution_mode=solution_mode)

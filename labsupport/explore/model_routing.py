@@ -60,10 +60,10 @@ def evaluate_cascade(requests: Sequence[Request], threshold: float, *,
     latency = small.latency_s(out) + np.where(escalate, large.latency_s(out), 0.0)
     wrong = fails & ~escalate
     is_complex = mr.labels_of(requests)
+    p50, p95, p99 = np.percentile(latency, [50, 95, 99])
     return Outcome(len(requests), float(escalate.mean()), float(cost.mean() * daily_requests),
-                   float(1 - wrong.mean()), float(latency.mean()),
-                   float(np.percentile(latency, 95)), int((is_complex & ~escalate).sum()),
-                   int(is_complex.sum()))
+                   float(1 - wrong.mean()), float(latency.mean()), float(p95), float(p50),
+                   float(p99), int((is_complex & ~escalate).sum()), int(is_complex.sum()))
 
 
 # --- RouteLLM's metrics -------------------------------------------------------------
@@ -137,6 +137,15 @@ def cpt(share_large: Any, pgr_values: Any, target: float = 0.5) -> float:
         return float(x[0])
     x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
     return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0))
+
+
+def alpha_for_recall(scores: Any, is_complex: Any, catch: float = 0.99) -> float:
+    """The largest threshold α that still sends at least ``catch`` of the complex requests
+    to the large model (P(complex) ≥ α), from scores that never saw those requests
+    (:func:`labsupport.model_routing.cross_val_scores` on the training split)."""
+    complex_scores = np.sort(np.asarray(scores, dtype=float)[np.asarray(is_complex, dtype=bool)])
+    allowed_misses = int(np.floor((1 - catch) * len(complex_scores) + 1e-9))
+    return float(complex_scores[allowed_misses])
 
 
 def curve_metrics(curve: Curve) -> dict[str, float]:
@@ -248,13 +257,13 @@ def outcome_table(outcomes: dict[str, Outcome], base: Outcome | None = None,
                "cost (USD/day)": o.daily_cost_usd}
         if base is not None:
             row["saving (%)"] = 100 * (1 - o.daily_cost_usd / base.daily_cost_usd)
-        row |= {"quality (%)": 100 * o.quality, "mean latency (s)": o.mean_latency_s,
-                "p95 latency (s)": o.p95_latency_s,
+        row |= {"quality (%)": 100 * o.quality, "p50 latency (s)": o.p50_latency_s,
+                "p99 latency (s)": o.p99_latency_s,
                 "complex → small": f"{o.complex_to_small} of {o.n_complex}"}
         rows.append(row)
     return plots.Table(rows, formats={"to large (%)": ".0f", "cost (USD/day)": ",.2f",
                                       "saving (%)": ".1f", "quality (%)": ".1f",
-                                      "mean latency (s)": ".2f", "p95 latency (s)": ".2f"},
+                                      "p50 latency (s)": ".2f", "p99 latency (s)": ".2f"},
                        align={"complex → small": "right"}, caption=caption)
 
 
