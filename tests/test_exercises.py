@@ -158,7 +158,7 @@ def test_start_here_shows_steps_scenario_and_quiz(progress_file):
     ex.record_attempt("04_model_routing/step-1", True)
     ex.record_attempt("04_model_routing/quiz", True, score=5, out_of=5)
     page = start_here.progress_html()
-    assert "1 of 1" in page and "5 / 5" in page and "quiz (best)" in page
+    assert "1 of 4" in page and "5 / 5" in page and "quiz (best)" in page  # 04 declares 4 steps
 
 
 def _hidden_cases(answer):
