@@ -359,7 +359,8 @@ def histogram_quantile(q: float, upper_bounds: Sequence[float],
         start = bounds[b - 1]
         count -= counts[b - 1]
         rank -= counts[b - 1]
-    return start + (end - start) * (rank / count)
+    # An empty bucket at the rank (q = 0 over an empty lowest bucket): 0/0, NaN in Go too
+    return start + (end - start) * (rank / count) if count else math.nan
 
 
 def bucketize(values: Sequence[float], upper_bounds: Sequence[float]) -> list[int]:

@@ -95,7 +95,7 @@ COURSE: tuple[Exercise, ...] = (
              "with another measures similarity of meaning).", 20),
     Exercise("06_ai_observability", "AI observability",
              "TTFT, token throughput, P99, queue depth", "ai_observability",
-             "Python; percentiles (02); notebook 03 (queues) helps.", 15),
+             "Python; percentiles (02); notebook 03 (queues) helps.", 35, steps=4),
     Exercise("07_vector_database_design", "Vector database design",
              "metadata filtering, namespace isolation, embedding consistency",
              "vector_database_design",

@@ -113,6 +113,11 @@ def test_histogram_quantile_special_cases():
     assert math.isnan(obs.histogram_quantile(0.5, [0.1, 0.2], [1, 2]))  # no +Inf bucket
     assert math.isnan(obs.histogram_quantile(0.5, bounds, [0, 0, 0]))   # no observations
     assert math.isnan(obs.histogram_quantile(0.5, [math.inf], [3]))    # one bucket
+    # Prometheus (promql/quantile.go, bucketQuantile): NaN q is NaN; q = 0 over an empty
+    # lowest bucket interpolates 0/0, NaN (no special case for rank 0), and never raises
+    assert math.isnan(obs.histogram_quantile(math.nan, bounds, [1, 2, 3]))
+    assert math.isnan(obs.histogram_quantile(0.0, [0.1, 0.5, math.inf], [0, 3, 3]))
+    assert obs.histogram_quantile(1.0, [0.1, 0.5, 1.0, math.inf], [2, 5, 9, 9]) == 1.0
 
 
 def test_histogram_quantile_against_numpy_on_fine_buckets():
@@ -290,7 +295,7 @@ def test_solution_passes_and_starter_fails():
 
     failed = [c.name for c in checks.check_exercise(always_queueing).checks if not c.passed]
     assert failed == [f"diagnosis of an unseen incident ({kind})"
-                      for kind in ("slow decode", "long prompts", "network")]
+                      for kind in ("slow decode", "long prompts")]
     assert not checks.check_exercise(None).passed
     assert not checks.check_exercise(lambda r, s: 1 / 0).passed
 

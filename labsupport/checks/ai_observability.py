@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from labsupport import exercises as ex
+from labsupport import quiz as qz
 from labsupport.ai_observability import (
     DURATION_METRIC,
     PROMPT_METRIC,
@@ -34,6 +35,7 @@ from labsupport.ai_observability import (
     simulate,
     summarize,
 )
+from labsupport.checks import ai_observability_steps as steps
 from labsupport.services.ai_observability import (
     INCIDENT_CONFIG,
     INCIDENT_SEED,
@@ -44,20 +46,19 @@ from labsupport.services.ai_observability import (
 
 EXERCISE_ID = "06_ai_observability"
 
-CAUSES = ("queueing for batch slots", "slow decode", "long prompts", "network")
+CAUSES = ("queueing for batch slots", "slow decode", "long prompts")
 METRIC_NAMES = (TTFT_METRIC, TPOT_METRIC, DURATION_METRIC, PROMPT_METRIC, WAITING_METRIC,
                 RUNNING_METRIC, TOKENS_METRIC, "cpu_percent")
-# Which metric shows each cause. For "network" it is the server's own TTFT histogram:
-# small on the server, large at the client, the difference is the network.
+# Which metric shows each cause (each is shown as a small incident in the notebook first).
 EVIDENCE = {"queueing for batch slots": WAITING_METRIC, "slow decode": TPOT_METRIC,
-            "long prompts": PROMPT_METRIC, "network": TTFT_METRIC}
+            "long prompts": PROMPT_METRIC}
 ANSWER_KEYS = ("ttft_p50_s", "ttft_p99_s", "tokens_per_s", "e2e_p99_s", "peak_queue_depth",
                "cause", "metric")
 
 # The unseen incidents: (cause, seed). One of the same kind as the notebook's (6 slots,
 # another seed) for the numbers, three with other causes for the diagnosis.
 UNSEEN_NUMBERS = ("queueing for batch slots", 11)
-UNSEEN_CAUSES = (("slow decode", 12), ("long prompts", 13), ("network", 14))
+UNSEEN_CAUSES = (("slow decode", 12), ("long prompts", 13), ("queueing for batch slots", 14))
 
 
 # --- the incidents --------------------------------------------------------------------
@@ -80,8 +81,6 @@ def offline_incident(kind: str, seed: int) -> Incident:
         config, load, prompt, delay = replace(base, step_overhead_s=0.064, decode_s_per_seq=0.008), 0.35, 400.0, 0.0
     elif kind == "long prompts":  # pasted documents: prompts of ~6,000 tokens
         config, load, prompt, delay = base, 0.3, 6000.0, 0.0
-    elif kind == "network":  # a far-away client: 400 ms each way
-        config, load, prompt, delay = base, 0.4, 400.0, 0.4
     else:
         raise ValueError(kind)
     rate = load * capacity_estimate(config, prompt)
@@ -156,7 +155,8 @@ def incident_rows(answer: Callable[..., Any], incident: Incident) -> list[ex.Che
         checks.append(ex.Check(key, ok, f"{true_value:.3g} {_UNITS[key]} ({tol})", found,
                                _HINTS[key]))
     cause, metric = result.get("cause"), result.get("metric")
-    right = cause == "queueing for batch slots" and metric == EVIDENCE["queueing for batch slots"]
+    right = (type(cause) is str and cause == "queueing for batch slots"  # strict: a str
+             and type(metric) is str and metric == EVIDENCE["queueing for batch slots"])
     checks.append(ex.Check(
         "diagnosis of the incident", right,
         "cause and the metric that shows it (one of checks.CAUSES, checks.METRIC_NAMES)",
@@ -184,12 +184,13 @@ def unseen_diagnosis_row(answer: Callable[..., Any], kind: str, seed: int) -> ex
     got = answer(*_inputs(offline_incident(kind, seed)))
     got_cause = got.get("cause") if isinstance(got, dict) else None
     got_metric = got.get("metric") if isinstance(got, dict) else None
-    right = got_cause == kind and got_metric == EVIDENCE[kind]
+    right = (type(got_cause) is str and got_cause == kind and type(got_metric) is str
+             and got_metric == EVIDENCE[kind])
     return ex.Check(f"diagnosis of an unseen incident ({kind})", right,
                     "the cause, decided from the data, and the metric that shows it",
                     f"cause={got_cause!r}, metric={got_metric!r}",
-                    "Decide from the data: queue depth, TPOT, prompt sizes, and server "
-                    "TTFT (histogram) against client TTFT (records).")
+                    "Decide from the data: queue depth, TPOT and prompt sizes; CPU says "
+                    "nothing.")
 
 
 def _judge_one_run(name: str, run: Callable[[], list[ex.Check]], *, case: str,
@@ -241,3 +242,63 @@ def check_exercise(answer: Callable[..., dict], incident: Incident | None = None
         reproduce = "my_answer(incident.records, incident.scrapes)"
     return ex.run_checks(EXERCISE_ID, lambda a: _checks(a, incident, case, reproduce), answer,
                          solution_mode=solution_mode)
+
+
+
+# --- the steps and the review quiz ---------------------------------------------------------
+
+STEP_CHECKS = {1: steps.step_1_checks, 2: steps.step_2_checks, 3: steps.step_3_checks,
+               4: steps.step_4_checks}
+
+
+def check_step(n: int, answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Check "Your turn" step ``n`` (1: one request's metrics, 2: histogram_quantile,
+    3: queue depth by Little's law, 4: the cause from a snapshot)."""
+    return ex.run_checks(ex.step_id(EXERCISE_ID, n), STEP_CHECKS[n], answer,
+                         solution_mode=solution_mode)
+
+
+QUIZ = qz.Quiz(EXERCISE_ID, {
+    "average-p99": qz.Choice(
+        "Two servers report their p99 latency every minute: A 120 ms, B 900 ms. What is the "
+        "fleet's p99?",
+        ("510 ms, their average", "900 ms, the larger one",
+         "It cannot be computed from these two numbers: sum the servers' histogram buckets "
+         "(or pool the samples) and take the p99 of that",
+         "120 ms, the one with more traffic"),
+        2, "A percentile of a union is not a function of the parts' percentiles: it depends on "
+           "how many requests each served and on their whole distributions. Histograms with the "
+           "same buckets add up (sum by le), and histogram_quantile of the sum is the fleet's."),
+    "inf-bucket": qz.Choice(
+        "TTFT buckets end at le=10 (then +Inf). During an overload every request waits 30 s. "
+        "What does histogram_quantile(0.99, …) report?",
+        ("30 s", "+Inf", "10 s: a rank in the +Inf bucket returns the highest finite bound",
+         "NaN"),
+        2, "All Prometheus knows is 'above 10 s', so it returns 10. Put the top bucket above "
+           "any latency you need to see (vLLM's TTFT buckets go to 2,560 s), or read the tail "
+           "from raw samples."),
+    "little": qz.Numeric(
+        "Requests arrive at 12 per second and each waits on average 2.5 s for a batch slot. "
+        "How many requests wait in the queue on average?",
+        30.0, 0.5, "requests",
+        "Little's law, L = λ · W = 12/s × 2.5 s = 30. It holds for any queue in a steady "
+        "state, whatever the distributions: a quick check of a queue-depth gauge."),
+    "ttft-vs-tpot": qz.Choice(
+        "Requests queue for batch slots. Which metric grows, and which stays flat?",
+        ("TPOT grows, TTFT stays flat", "TTFT grows (it includes the wait); TPOT stays about "
+         "the same (the batch was already full)", "Both grow as much", "Neither: only CPU grows"),
+        1, "TTFT = queue wait + prefill: the wait is where the time goes. Once a request has a "
+           "slot it decodes at the batch's pace, which a full batch already had."),
+    "cpu-30": qz.Choice(
+        "An LLM server shows CPU at 30%, no errors, and users wait 20 s for a first token. "
+        "Where do you look first?",
+        ("Nothing is wrong: CPU is low", "The queue-depth gauge (requests waiting for a batch "
+         "slot) and TTFT's tail", "The error rate", "Memory"),
+        1, "CPU measures the host process, not the accelerator's batch slots. A saturated "
+           "batch queues requests while the host idles: queue depth and TTFT p99 show it."),
+})
+
+
+def check_quiz(answers: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Judge the review quiz answered in code (question id -> option number or value)."""
+    return QUIZ.answer(answers, solution_mode=solution_mode)

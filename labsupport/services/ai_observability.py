@@ -60,7 +60,8 @@ from labsupport.ai_observability import (
 )
 
 CLOCK_METRIC = "llm_engine_time_seconds"  # the engine's simulated clock
-OTEL_LABELS = {"gen_ai_operation_name": "text_completion", "gen_ai_provider_name": "labsupport"}
+OTEL_LABELS = {"gen_ai_operation_name": "text_completion", "gen_ai_provider_name": "labsupport",
+               "gen_ai_request_model": "labsupport-sim"}  # the last: conditionally required
 
 VOCAB = ("the", "policy", "covers", "leave", "for", "all", "staff", "and", "requires",
          "notice", "of", "two", "weeks", "in", "writing", "before", "it", "starts", ".")
