@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import html
 import json
+import math
+import numbers
 import os
 import tempfile
 import traceback
@@ -375,6 +377,24 @@ def expect_callable(answer: Any, what: str = "your function") -> Check | None:
     return Check(f"{what} is a function", False, "a function (def ...)",
                  f"{type(answer).__name__} {answer!r:.60}",
                  hint="Define the function in the starter cell and run that cell first.")
+
+
+def rows_or_raised(rows: Callable[[], Iterable[Check]], name: str, case: str) -> Iterator[Check]:
+    """The rows of a step's checker; if the learner's code raises part-way, the rows so far
+    and then one failed row ``name`` that names the exception and the input ``case``."""
+    try:
+        yield from rows()
+    except Exception as exc:  # noqa: BLE001 - the learner's error is feedback
+        yield raised(name, exc, case=case)
+
+
+def as_number(value: Any, what: str = "a number", *, finite: bool = True) -> float:
+    """``value`` as a float; TypeError (naming ``what``) for a bool, a non-number, or, when
+    ``finite``, NaN or infinity. Numpy scalars are accepted, a str of digits is not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
+            finite and not math.isfinite(value)):
+        raise TypeError(f"returned {value!r:.40}, not {what}")
+    return float(value)
 
 
 def expect_type(answer: Any, types: type | tuple[type, ...], what: str) -> Check | None:

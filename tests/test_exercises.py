@@ -192,3 +192,23 @@ def test_rows_yielded_before_a_checker_raises_are_kept():
     result = ex.run_checks("x", checker, "boom")
     assert [(c.name, c.passed) for c in result.checks] == [("first", True),
                                                            ("your code runs", False)]
+
+
+def test_as_number_is_strict_and_rows_or_raised_keeps_the_rows_before_a_raise():
+    import math
+
+    import numpy as np
+
+    assert ex.as_number(np.float64(0.5)) == 0.5 and type(ex.as_number(np.int64(2))) is float
+    for bad in (True, "1.5", None, math.nan):
+        with pytest.raises(TypeError):
+            ex.as_number(bad)
+    assert math.isinf(ex.as_number(math.inf, finite=False))
+
+    def rows():
+        yield ex.Check("first", True, "", "")
+        raise KeyError("boom")
+
+    got = list(ex.rows_or_raised(rows, "the step", "case 7"))
+    assert [c.name for c in got] == ["first", "the step"]
+    assert not got[1].passed and "KeyError" in got[1].found and "case 7" in got[1].hint

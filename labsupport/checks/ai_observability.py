@@ -247,6 +247,8 @@ def check_exercise(answer: Callable[..., dict], incident: Incident | None = None
 
 # --- the steps and the review quiz ---------------------------------------------------------
 
+snapshot = steps.snapshot  # what a dashboard shows of an incident (step 4's input)
+
 STEP_CHECKS = {1: steps.step_1_checks, 2: steps.step_2_checks, 3: steps.step_3_checks,
                4: steps.step_4_checks}
 

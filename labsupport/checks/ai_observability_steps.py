@@ -13,7 +13,6 @@ verdict never depends on the machine):
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,25 +22,12 @@ from labsupport import ai_observability as obs
 from labsupport import exercises as ex
 
 
-def _number(value: Any, what: str = "a number") -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"returned {value!r:.40}, not {what}")
-    return float(value)
-
-
 def _same(a: float, b: float, tol: float = 1e-9) -> bool:
     if math.isnan(b):
         return math.isnan(a)
     if math.isinf(b):
         return a == b
     return abs(a - b) <= tol * max(1.0, abs(b))
-
-
-def _rows(rows: Callable[[], Iterator[ex.Check]], name: str, case: str) -> Iterator[ex.Check]:
-    try:
-        yield from rows()
-    except Exception as exc:  # noqa: BLE001 - the learner's error is feedback
-        yield ex.raised(name, exc, case=case)
 
 
 # --- Step 1: one request's metrics ---------------------------------------------------------------
@@ -64,10 +50,10 @@ def _request_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
             raise TypeError(f"returned {got!r:.60}, not (ttft, tpot, e2e)")
         want = (obs.ttft(rec), obs.tpot(rec), obs.e2e_latency(rec))
         bad = [name for name, g, w in zip(("TTFT", "TPOT", "E2E"), got, want, strict=True)
-               if not _same(_number(g), w)]
+               if not _same(ex.as_number(g, finite=False), w)]
         if bad:
             wrong = (f"record {k} ({rec.output_tokens} tokens, start {rec.start_s:.3f} s): "
-                     + ", ".join(f"{n} {_number(g):.4f} s vs {w:.4f} s"
+                     + ", ".join(f"{n} {ex.as_number(g, finite=False):.4f} s vs {w:.4f} s"
                                  for n, g, w in zip(("TTFT", "TPOT", "E2E"), got, want, strict=True)
                                  if n in bad))
             break
@@ -76,7 +62,7 @@ def _request_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
                    hint="TTFT = first token − start; E2E = last token − start; TPOT = (E2E − "
                         "TTFT) / (tokens − 1): the gaps after the first token.")
     one = obs.RequestRecord(0, 1.0, 10, (1.4,))
-    tpot_one = _number(fn(one)[1])
+    tpot_one = ex.as_number(fn(one)[1], finite=False)
     yield ex.Check("a one-token answer has no TPOT", math.isnan(tpot_one),
                    "TPOT = NaN (vLLM leaves one-token answers out)", f"{tpot_one}",
                    hint="With one token there is no time per *further* token: return math.nan, "
@@ -87,7 +73,7 @@ def step_1_checks(fn: Any, seed: int = 61) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your request-metrics function"):
         yield bad
         return
-    yield from _rows(lambda: _request_rows(fn, seed), "request metrics", "random token timestamps")
+    yield from ex.rows_or_raised(lambda: _request_rows(fn, seed), "request metrics", "random token timestamps")
 
 
 # --- Step 2: histogram_quantile ----------------------------------------------------------------
@@ -115,7 +101,7 @@ def _quantile_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
         q = float(rng.uniform(0.01, 0.99))
         if counts[-1] == 0:
             continue
-        got = _number(fn(q, list(bounds), list(counts)))
+        got = ex.as_number(fn(q, list(bounds), list(counts)), finite=False)
         want = obs.histogram_quantile(q, bounds, counts)
         if not _same(got, want):
             wrong = f"q={q:.3f}, le={bounds}, cumulative={counts}: {got:.4g} vs {want:.4g}"
@@ -133,7 +119,7 @@ def _quantile_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
 def _edge_row(fn: Callable[..., Any], name: str, q: float, bounds: tuple[float, ...],
               counts: tuple[float, ...]) -> ex.Check:
     want = obs.histogram_quantile(q, bounds, counts)
-    got = _number(fn(q, list(bounds), list(counts)))
+    got = ex.as_number(fn(q, list(bounds), list(counts)), finite=False)
     return ex.Check(f"edge case: {name}", _same(got, want), f"{want} (as Prometheus)", f"{got}",
                     hint="Prometheus: q < 0 → −Inf, q > 1 → +Inf, NaN → NaN, no observations "
                          "→ NaN; a rank in +Inf → the highest finite bound; an empty bucket at "
@@ -144,7 +130,7 @@ def step_2_checks(fn: Any, seed: int = 63) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your histogram_quantile"):
         yield bad
         return
-    yield from _rows(lambda: _quantile_rows(fn, seed), "histogram_quantile",
+    yield from ex.rows_or_raised(lambda: _quantile_rows(fn, seed), "histogram_quantile",
                      "random classic histograms and the edge cases")
 
 
@@ -174,7 +160,7 @@ def _little_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
     for k in range(40):
         joined, left, span = _queue_run(rng)
         truth = _time_average_length(joined, left, span)
-        got = _number(fn(list(left - joined), span))
+        got = ex.as_number(fn(list(left - joined), span))
         gap = abs(got - truth) / truth
         if gap > worst:
             worst, where = gap, f"run {k}: {len(joined)} requests over {span:.1f} s"
@@ -189,7 +175,7 @@ def step_3_checks(fn: Any, seed: int = 65) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your queue-depth function"):
         yield bad
         return
-    yield from _rows(lambda: _little_rows(fn, seed), "queue depth", "simulated queues")
+    yield from ex.rows_or_raised(lambda: _little_rows(fn, seed), "queue depth", "simulated queues")
 
 
 # --- Step 4: the cause from a snapshot ---------------------------------------------------------
@@ -230,4 +216,4 @@ def step_4_checks(fn: Any) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your diagnosis"):
         yield bad
         return
-    yield from _rows(lambda: _cause_rows(fn), "diagnosis", "unseen incidents of each cause")
+    yield from ex.rows_or_raised(lambda: _cause_rows(fn), "diagnosis", "unseen incidents of each cause")

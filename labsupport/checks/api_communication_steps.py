@@ -15,8 +15,6 @@ Each judges one small piece of the mechanism on inputs the notebook never showed
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import sqlite3
 import tempfile
 import threading
@@ -46,10 +44,7 @@ def _delays(fn: Callable[..., Any], args: tuple, seed: int, n: int = SAMPLES) ->
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n):
-        value = fn(*args, rng)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"returned {value!r:.40}, not a finite number of seconds")
-        values.append(float(value))
+        values.append(ex.as_number(fn(*args, rng), "a finite number of seconds"))
     return np.array(values)
 
 
@@ -136,21 +131,12 @@ def step_1_checks(answer: Any, seed: int = 3) -> Iterator[ex.Check]:
     base, cap = 0.037, 2.5  # seconds; not the notebook's values
     yield ex.judge("full jitter: draws from the rng given", lambda: _same_from_rng(
         full, (3, base, cap), "full jitter"), case="full_jitter(3, 0.037, 2.5, rng)")
-    yield from _rows(lambda: _full_rows(full, base, cap, seed),
-                     "full_jitter(attempt, 0.037, 2.5, rng), attempts 0 to 11",
-                     "full jitter rows")
+    yield from ex.rows_or_raised(lambda: _full_rows(full, base, cap, seed), "full jitter rows",
+                                 "full_jitter(attempt, 0.037, 2.5, rng), attempts 0 to 11")
     yield ex.judge("decorrelated: draws from the rng given", lambda: _same_from_rng(
         deco, (0.2, base, cap), "decorrelated"), case="decorrelated_jitter(0.2, 0.037, 2.5, rng)")
-    yield from _rows(lambda: _decorrelated_rows(deco, base, cap, seed),
-                     "decorrelated_jitter(previous, 0.037, 2.5, rng)", "decorrelated rows")
-
-
-def _rows(rows: Callable[[], Iterator[ex.Check]], case: str, name: str) -> Iterator[ex.Check]:
-    """The rows of a generator; if the learner's code raises, one failed row names the input."""
-    try:
-        yield from rows()
-    except Exception as exc:  # noqa: BLE001 - the learner's error is feedback
-        yield ex.raised(name, exc, case=case)
+    yield from ex.rows_or_raised(lambda: _decorrelated_rows(deco, base, cap, seed),
+                                 "decorrelated rows", "decorrelated_jitter(previous, 0.037, 2.5, rng)")
 
 
 # --- Step 2: the fingerprint -----------------------------------------------------------

@@ -13,7 +13,6 @@ on fixed seeds, so the verdict never depends on chance or on the machine:
 from __future__ import annotations
 
 import math
-import numbers
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,14 +38,6 @@ def _pick(policy: Callable[[lb.View], Any], view: lb.View) -> int:
     if isinstance(server, bool) or not isinstance(server, (int, np.integer)):
         raise TypeError(f"returned {server!r:.40}, not a server index (int)")
     return int(server)
-
-
-def _rows(rows: Callable[[], Iterator[ex.Check]], name: str, case: str) -> Iterator[ex.Check]:
-    """The rows of a generator; if the learner's code raises, one failed row names the input."""
-    try:
-        yield from rows()
-    except Exception as exc:  # noqa: BLE001 - the learner's error is feedback
-        yield ex.raised(name, exc, case=case)
 
 
 # --- Step 1: least-connections ------------------------------------------------------------
@@ -87,7 +78,7 @@ def step_1_checks(policy: Any, seed: int = 21) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(policy, "your least-connections policy"):
         yield bad
         return
-    yield from _rows(lambda: _least_rows(policy, seed), "least-connections",
+    yield from ex.rows_or_raised(lambda: _least_rows(policy, seed), "least-connections",
                      "random views of 3 to 11 servers, some ejected")
 
 
@@ -140,17 +131,11 @@ def step_2_checks(policy: Any, seed: int = 23) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(policy, "your power-of-two policy"):
         yield bad
         return
-    yield from _rows(lambda: _two_rows(policy, seed), "power of two",
+    yield from ex.rows_or_raised(lambda: _two_rows(policy, seed), "power of two",
                      "active=[5, 1, 7, 3, 0, 6], seeded views")
 
 
 # --- Step 3: EWMA and peak EWMA ---------------------------------------------------------------
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"returned {value!r:.40}, not a finite number of seconds")
-    return float(value)
-
 
 def _ewma_rows(ewma: Callable[..., Any], peak: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
     rng = np.random.default_rng(seed)
@@ -159,7 +144,7 @@ def _ewma_rows(ewma: Callable[..., Any], peak: Callable[..., Any], seed: int) ->
         alpha = float(rng.uniform(0.01, 0.9))
         previous = None if k % 10 == 0 else float(rng.uniform(0.01, 2.0))
         obs = float(rng.uniform(0.01, 2.0))
-        gap = abs(_number(ewma(previous, obs, alpha)) - lb.ewma_update(previous, obs, alpha))
+        gap = abs(ex.as_number(ewma(previous, obs, alpha), "a finite number of seconds") - lb.ewma_update(previous, obs, alpha))
         if gap > worst:
             worst, where = gap, f"ewma({previous}, {obs:.4f}, alpha={alpha:.3f})"
     yield ex.Check("EWMA: a step of alpha towards each observation", worst <= 1e-9,
@@ -168,7 +153,7 @@ def _ewma_rows(ewma: Callable[..., Any], peak: Callable[..., Any], seed: int) ->
                    f"largest gap {worst:.3g}" + (f" at {where}" if where else ""),
                    hint="previous + alpha * (observation - previous); None means no "
                         "observation yet: return the observation.")
-    up = _number(peak(0.05, 0.8, 0.01, 10.0))
+    up = ex.as_number(peak(0.05, 0.8, 0.01, 10.0))
     yield ex.Check("peak EWMA: jumps up at once", abs(up - 0.8) <= 1e-9,
                    "0.8 after one 0.8 s response on a server averaging 0.05 s",
                    f"{up:.4f}", hint="A slower observation replaces the estimate at once: "
@@ -179,7 +164,7 @@ def _ewma_rows(ewma: Callable[..., Any], peak: Callable[..., Any], seed: int) ->
         previous = float(rng.uniform(0.2, 2.0))
         obs = float(rng.uniform(0.01, previous))  # faster: decays
         elapsed = float(rng.uniform(0.0, 3 * tau))
-        gap = abs(_number(peak(previous, obs, elapsed, tau))
+        gap = abs(ex.as_number(peak(previous, obs, elapsed, tau))
                   - lb.peak_ewma_update(previous, obs, elapsed, tau))
         if gap > worst:
             worst, where = gap, f"peak({previous:.3f}, {obs:.3f}, elapsed={elapsed:.2f}, tau={tau:.2f})"
@@ -189,7 +174,7 @@ def _ewma_rows(ewma: Callable[..., Any], peak: Callable[..., Any], seed: int) ->
                    + (f" at {where}" if where else ""),
                    hint="The weight of the old value depends on the time since the last "
                         "response (elapsed), not on a fixed alpha: math.exp(-elapsed / tau).")
-    first = _number(peak(None, 0.3, 0.0, 10.0))
+    first = ex.as_number(peak(None, 0.3, 0.0, 10.0))
     yield ex.Check("peak EWMA: the first observation", abs(first - 0.3) <= 1e-9, "0.3",
                    f"{first:.4f}", hint="previous is None before the first response.")
 
@@ -202,7 +187,7 @@ def step_3_checks(answer: Any, seed: int = 25) -> Iterator[ex.Check]:
         if bad := ex.expect_callable(fn, what):
             yield bad
             return
-    yield from _rows(lambda: _ewma_rows(*answer, seed), "EWMA", "random previous values, "
+    yield from ex.rows_or_raised(lambda: _ewma_rows(*answer, seed), "EWMA", "random previous values, "
                      "observations, alpha, elapsed and tau")
 
 
@@ -258,5 +243,5 @@ def step_4_checks(fn: Any, seed: int = 27) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your outlier detector"):
         yield bad
         return
-    yield from _rows(lambda: _outlier_rows(fn, seed), "latency outliers",
+    yield from ex.rows_or_raised(lambda: _outlier_rows(fn, seed), "latency outliers",
                      "random intervals of 3 to 11 servers")

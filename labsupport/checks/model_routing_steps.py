@@ -11,8 +11,6 @@ Each judges one piece of the routing on inputs the notebook never showed:
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,19 +23,6 @@ from labsupport.explore import model_routing as explore
 CATCH = 0.99  # share of complex training requests the threshold must still send to large
 
 
-def _number(value: Any, what: str = "a number") -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"returned {value!r:.40}, not {what}")
-    return float(value)
-
-
-def _rows(rows: Callable[[], Iterator[ex.Check]], name: str, case: str) -> Iterator[ex.Check]:
-    try:
-        yield from rows()
-    except Exception as exc:  # noqa: BLE001 - the learner's error is feedback
-        yield ex.raised(name, exc, case=case)
-
-
 # --- Step 1: the cost of a request --------------------------------------------------------------
 
 def _cost_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
@@ -48,7 +33,7 @@ def _cost_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
                              "2026-11-29", ttft_s=0.3, s_per_output_token=0.01)
         prompt, output = int(rng.integers(0, 3000)), int(rng.integers(0, 2000))
         want = float(backend.cost_usd(prompt, output))
-        gap = abs(_number(fn(backend, prompt, output), "a cost in USD") - want) / want
+        gap = abs(ex.as_number(fn(backend, prompt, output), "a cost in USD") - want) / want
         if gap > worst:
             worst, where = gap, (f"{backend.input_usd_per_mtok:.2f}/{backend.output_usd_per_mtok:.2f}"
                                  f" USD per 1M tokens, {prompt} prompt + {output} output tokens")
@@ -58,7 +43,7 @@ def _cost_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
                    hint="(prompt_tokens + mr.SYSTEM_PROMPT_TOKENS) × input price + output_tokens × "
                         "output price, prices per 1,000,000 tokens.")
     backend = mr.Backend("x", 4.0, 16.0, "2026-11-29", ttft_s=0.3, s_per_output_token=0.01)
-    empty = _number(fn(backend, 0, 0), "a cost in USD")
+    empty = ex.as_number(fn(backend, 0, 0), "a cost in USD")
     yield ex.Check("the system prompt is paid on every call", abs(empty - 150 * 4.0 / 1e6) < 1e-12,
                    f"{150 * 4.0 / 1e6:.6f} USD for an empty request ({mr.SYSTEM_PROMPT_TOKENS} "
                    "system-prompt tokens at 4 USD per 1M)", f"{empty:.6f} USD",
@@ -70,7 +55,7 @@ def step_1_checks(fn: Any, seed: int = 41) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your cost function"):
         yield bad
         return
-    yield from _rows(lambda: _cost_rows(fn, seed), "cost", "random backends and token counts")
+    yield from ex.rows_or_raised(lambda: _cost_rows(fn, seed), "cost", "random backends and token counts")
 
 
 # --- Step 2: the rules router ---------------------------------------------------------------------
@@ -116,7 +101,7 @@ def step_2_checks(fn: Any) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your rules router"):
         yield bad
         return
-    yield from _rows(lambda: _rules_rows(fn), "rules router",
+    yield from ex.rows_or_raised(lambda: _rules_rows(fn), "rules router",
                      "the rule's edges and the train split, as a router sees them")
 
 
@@ -130,7 +115,7 @@ def _apgr_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
         share = np.r_[0.0, inner, 1.0]  # unevenly spaced operating points
         values = np.sort(rng.uniform(0, 1, share.size)) ** rng.uniform(0.3, 3)  # a rising curve
         values[0], values[-1] = 0.0, 1.0
-        gap = abs(_number(fn(share.copy(), values.copy())) - explore.apgr(share, values))
+        gap = abs(ex.as_number(fn(share.copy(), values.copy())) - explore.apgr(share, values))
         if gap > worst:
             worst, where = gap, f"curve {k} ({share.size} points)"
     yield ex.Check("area under PGR, by trapezoids", worst <= 1e-9,
@@ -140,7 +125,7 @@ def _apgr_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
                         "pgr[i]) / 2. The points are not evenly spaced: an average of the PGR "
                         "values is not the area.")
     share = np.linspace(0, 1, 11) ** 2
-    random_router = _number(fn(share.copy(), share.copy()))
+    random_router = ex.as_number(fn(share.copy(), share.copy()))
     yield ex.Check("a random router scores 0.5", abs(random_router - 0.5) <= 1e-9,
                    "0.5 for PGR = share (a random router recovers the gap in proportion)",
                    f"{random_router:.4f}", hint="PGR equal to the share of strong calls is the "
@@ -151,7 +136,7 @@ def step_3_checks(fn: Any, seed: int = 43) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your APGR function"):
         yield bad
         return
-    yield from _rows(lambda: _apgr_rows(fn, seed), "APGR", "random PGR curves")
+    yield from ex.rows_or_raised(lambda: _apgr_rows(fn, seed), "APGR", "random PGR curves")
 
 
 # --- Step 4: the threshold from the training split ----------------------------------------------
@@ -167,7 +152,7 @@ def _alpha_rows(fn: Callable[..., Any], seed: int) -> Iterator[ex.Check]:
     wrong = ""
     answers = []
     for k, (scores, is_complex) in enumerate(cases):
-        alpha = _number(fn(scores.copy(), is_complex.copy(), CATCH), "a threshold")
+        alpha = ex.as_number(fn(scores.copy(), is_complex.copy(), CATCH), "a threshold")
         answers.append(alpha)
         want = explore.alpha_for_recall(scores, is_complex, CATCH)
         if abs(alpha - want) > 1e-12 and not wrong:  # the first case that differs
@@ -191,5 +176,5 @@ def step_4_checks(fn: Any, seed: int = 47) -> Iterator[ex.Check]:
     if bad := ex.expect_callable(fn, "your threshold function"):
         yield bad
         return
-    yield from _rows(lambda: _alpha_rows(fn, seed), "threshold",
+    yield from ex.rows_or_raised(lambda: _alpha_rows(fn, seed), "threshold",
                      "random out-of-fold scores and labels")

@@ -229,12 +229,12 @@ class PaymentService:
                                    lease=ledger.lease, processor_delay=ledger.processor_delay,
                                    clock=ledger.clock)
         self.handler = handler
-        self.errors: list[str] = []  # what the handler did wrong, one line per failed request
         self.app = self._build_app()
 
-    def _fail(self, text: str) -> JSONResponse:
-        """A 500 that names the handler's mistake (it raised, or returned no Reply)."""
-        self.errors.append(text)  # list.append is atomic: handler threads may race here
+    @staticmethod
+    def _fail(text: str) -> JSONResponse:
+        """A 500 that names the handler's mistake (it raised, or returned no Reply): the
+        client, and the checks, read it in the problem's ``detail``."""
         return _problem(500, "Internal Server Error", text)
 
     def _call_handler(self, key: str | None, request: ChargeRequest) -> JSONResponse:

@@ -41,6 +41,14 @@ class Exercise:
     gallery: list[WrongAnswer] = field(default_factory=list)
 
 
+def step(checks: Any, n: int, answer_key: Callable[[], Any],
+         gallery: list[WrongAnswer]) -> Exercise:
+    """Step ``n`` of the notebook whose checks module is ``checks`` (its ``EXERCISE_ID`` and
+    ``check_step``), with its answer key and wrong answers."""
+    return Exercise(id=ex.step_id(checks.EXERCISE_ID, n), check=lambda a: checks.check_step(n, a),
+                    answer_key=answer_key, gallery=gallery)
+
+
 def all_exercises() -> list[Exercise]:
     """Every exercise of every gallery module in this folder, in file order."""
     import importlib

@@ -16,7 +16,7 @@ from labsupport import ai_observability as obs
 from labsupport.checks import ai_observability as checks
 from labsupport.solutions import ai_observability as key
 
-from . import Exercise, WrongAnswer
+from . import Exercise, WrongAnswer, step
 
 Diagnose = Callable[[list[obs.RequestRecord], list[dict[str, Any]]], dict]
 
@@ -158,19 +158,14 @@ def cause_right_metric_wrong():
     return cause
 
 
-def _step(n, answer_key, gallery):
-    return Exercise(id=f"{checks.EXERCISE_ID}/step-{n}", check=lambda a: checks.check_step(n, a),
-                    answer_key=answer_key, gallery=gallery)
-
-
 STEPS = [
-    _step(1, lambda: key.request_metrics, [
+    step(checks, 1, lambda: key.request_metrics, [
         WrongAnswer("TPOT over all tokens", "the first token is TTFT's, not decode's",
                     metrics_tpot_over_all_tokens, "200 unseen requests"),
         WrongAnswer("TPOT 0 for one token", "a zero drags TPOT percentiles down",
                     metrics_tpot_zero_for_one_token, "one-token"),
     ]),
-    _step(2, lambda: key.histogram_quantile, [
+    step(checks, 2, lambda: key.histogram_quantile, [
         WrongAnswer("no edge cases", "q outside [0, 1] and an empty histogram return numbers",
                     quantile_no_edge_cases, "edge case"),
         WrongAnswer("+Inf for the +Inf bucket", "Prometheus returns the highest finite bound",
@@ -178,13 +173,13 @@ STEPS = [
         WrongAnswer("the bucket's upper bound", "no interpolation inside the bucket",
                     quantile_upper_bound_only, "linear inside the bucket"),
     ]),
-    _step(3, lambda: key.mean_queue_depth, [
+    step(checks, 3, lambda: key.mean_queue_depth, [
         WrongAnswer("the mean wait", "seconds, not requests", depth_mean_wait,
                     "time-average queue length"),
         WrongAnswer("requests over the span", "λ alone, not λ · W", depth_count_over_span,
                     "time-average queue length"),
     ]),
-    _step(4, lambda: key.cause_from_snapshot, [
+    step(checks, 4, lambda: key.cause_from_snapshot, [
         WrongAnswer("from CPU", "CPU measures the host, not the batch", cause_from_cpu,
                     "an unseen incident"),
         WrongAnswer("always queueing", "right once, wrong for other causes",

@@ -15,7 +15,7 @@ from labsupport.checks import api_communication as checks
 from labsupport.solutions import api_communication as key
 from labsupport.solutions.api_communication import idempotent_charge
 
-from . import Exercise, WrongAnswer
+from . import Exercise, WrongAnswer, step
 
 
 def starter():
@@ -440,14 +440,8 @@ def finish_no_payment():
     return finish
 
 
-def _step(n, answer_key, gallery):
-    return Exercise(id=f"01_api_communication/step-{n}",
-                    check=lambda a: checks.check_step(n, a), answer_key=answer_key,
-                    gallery=gallery)
-
-
 STEPS = [
-    _step(1, lambda: (key.full_jitter, key.decorrelated_jitter), [
+    step(checks, 1, lambda: (key.full_jitter, key.decorrelated_jitter), [
         WrongAnswer("no jitter", "a herd that failed together retries together, forever",
                     no_jitter, "spread like U(0"),
         WrongAnswer("uncapped; decorrelated from base only", "sleeps grow without bound, and "
@@ -458,7 +452,7 @@ STEPS = [
         WrongAnswer("decorrelated from the random module", "not reproducible from the seed",
                     equal_jitter_and_global_random, "decorrelated: draws from the rng"),
     ]),
-    _step(2, lambda: key.request_fingerprint, [
+    step(checks, 2, lambda: key.request_fingerprint, [
         WrongAnswer("json.dumps unsorted", "a client library that orders keys differently "
                     "gets 422 for its own retry", dumps_unsorted, "another order"),
         WrongAnswer("builtin hash()", "after a restart every stored fingerprint mismatches",
@@ -470,7 +464,7 @@ STEPS = [
         WrongAnswer("the JSON itself", "the key table stores whole bodies",
                     canonical_json_itself, "a digest"),
     ]),
-    _step(3, lambda: key.claim, [
+    step(checks, 3, lambda: key.claim, [
         WrongAnswer("check then insert", "two racing retries both read 'no key' and both "
                     "charge", claim_check_then_insert, "threads, one new key"),
         WrongAnswer("no lease", "a crash after the claim blocks the key for 24 hours",
@@ -482,7 +476,7 @@ STEPS = [
         WrongAnswer("returns a bool", "the handler cannot tell a retry (409) from another "
                     "payload (422)", claim_returns_bool, "a new key is claimed"),
     ]),
-    _step(4, lambda: key.finish, [
+    step(checks, 4, lambda: key.finish, [
         WrongAnswer("two autocommit statements", "a crash between them leaves a payment "
                     "without its response", finish_autocommit, "a crash before each"),
         WrongAnswer("response first, no transaction", "a crash leaves a stored 201 for a "

@@ -14,7 +14,7 @@ from labsupport import load_balancing as lb
 from labsupport.checks import load_balancing as checks
 from labsupport.solutions import load_balancing as key
 
-from . import Exercise, WrongAnswer
+from . import Exercise, WrongAnswer, step
 
 
 def starter() -> lb.Balancer:
@@ -166,13 +166,8 @@ def outliers_pooled_median():
     return outliers
 
 
-def _step(n, answer_key, gallery):
-    return Exercise(id=f"{checks.EXERCISE_ID}/step-{n}", check=lambda a: checks.check_step(n, a),
-                    answer_key=answer_key, gallery=gallery)
-
-
 STEPS = [
-    _step(1, lambda: key.least_connections, [
+    step(checks, 1, lambda: key.least_connections, [
         WrongAnswer("first of the ties", "every quiet moment goes to the lowest index",
                     lc_first_of_ties, "ties broken at random"),
         WrongAnswer("ignores ejection", "sends requests to ejected servers: they are dropped",
@@ -180,7 +175,7 @@ STEPS = [
         WrongAnswer("the most in flight", "piles onto the busiest server", lc_most,
                     "fewest in flight"),
     ]),
-    _step(2, lambda: key.power_of_two, [
+    step(checks, 2, lambda: key.power_of_two, [
         WrongAnswer("one draw", "random, not two choices: the shares stay flat",
                     p2c_one_draw, "two random draws"),
         WrongAnswer("the random module", "not reproducible from the seed", p2c_global_random,
@@ -188,7 +183,7 @@ STEPS = [
         WrongAnswer("the busier wins", "two choices, the wrong one", p2c_busier_wins,
                     "two random draws"),
     ]),
-    _step(3, lambda: (key.ewma, key.peak_ewma), [
+    step(checks, 3, lambda: (key.ewma, key.peak_ewma), [
         WrongAnswer("alpha on the old value", "follows new observations at 1 - alpha",
                     ewma_backwards, "EWMA: a step"),
         WrongAnswer("no peak", "a slow response is averaged away, not seen at once",
@@ -196,7 +191,7 @@ STEPS = [
         WrongAnswer("a fixed alpha", "decay must depend on the time since the last response",
                     peak_fixed_alpha, "decays"),
     ]),
-    _step(4, lambda: key.latency_outliers, [
+    step(checks, 4, lambda: key.latency_outliers, [
         WrongAnswer("the mean", "one heavy request ejects a healthy server", outliers_by_mean,
                     "heavy requests"),
         WrongAnswer("judges servers with too few responses", "five responses are noise",

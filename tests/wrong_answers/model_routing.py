@@ -17,7 +17,7 @@ from labsupport import model_routing as mr
 from labsupport.checks import model_routing as checks
 from labsupport.solutions import model_routing as key
 
-from . import Exercise, WrongAnswer
+from . import Exercise, WrongAnswer, step
 
 
 def starter() -> dict[str, Any]:
@@ -176,13 +176,8 @@ def alpha_all_scores():
     return choose
 
 
-def _step(n, answer_key, gallery):
-    return Exercise(id=f"{checks.EXERCISE_ID}/step-{n}", check=lambda a: checks.check_step(n, a),
-                    answer_key=answer_key, gallery=gallery)
-
-
 STEPS = [
-    _step(1, lambda: key.cost, [
+    step(checks, 1, lambda: key.cost, [
         WrongAnswer("no system prompt", "150 tokens on every call are paid too",
                     cost_without_system_prompt, "system prompt"),
         WrongAnswer("output at the input price", "output tokens cost 4× more here",
@@ -190,7 +185,7 @@ STEPS = [
         WrongAnswer("per thousand tokens", "prices are per million tokens", cost_per_thousand,
                     "both directions"),
     ]),
-    _step(2, lambda: key.rules_router, [
+    step(checks, 2, lambda: key.rules_router, [
         WrongAnswer("case-sensitive keywords", "'PLAN the offsite' slips through",
                     rules_case_sensitive, "edges"),
         WrongAnswer("35 tokens is long", "the rule is strictly more than 35", rules_at_least_35,
@@ -198,13 +193,13 @@ STEPS = [
         WrongAnswer("eight keywords", "the rule uses every keyword of mr.COMPLEX_KEYWORDS",
                     rules_few_keywords, "unseen requests"),
     ]),
-    _step(3, lambda: key.apgr, [
+    step(checks, 3, lambda: key.apgr, [
         WrongAnswer("mean of the points", "unevenly spaced points are not an area",
                     apgr_mean_of_points, "trapezoids"),
         WrongAnswer("left rectangles", "not the trapezoid rule", apgr_left_rectangles,
                     "trapezoids"),
     ]),
-    _step(4, lambda: key.alpha_for_recall, [
+    step(checks, 4, lambda: key.alpha_for_recall, [
         WrongAnswer("α tuned on the test split", "a fixed α ignores the training data",
                     alpha_fixed, "comes from the scores"),
         WrongAnswer("np.quantile", "interpolates between scores: catches fewer than 99%",
