@@ -15,11 +15,8 @@ Each judges one small piece of the mechanism on inputs the notebook never showed
 from __future__ import annotations
 
 import json
-import sqlite3
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -29,12 +26,12 @@ import numpy as np
 from labsupport import api_communication as api
 from labsupport import exercises as ex
 from labsupport import fresh_process
+from labsupport.checks.sqlite_faults import FailingAt, InjectedFailure, connect, race
 
 NOTEBOOK_ID = "01_api_communication"
 SAMPLES = 2_000  # draws per distribution check
 MAX_KS = 0.06  # Kolmogorov-Smirnov distance allowed; 1.63/sqrt(2000) = 0.036 is the 1% level
 THREADS = 20  # requests released together on one key
-BARRIER_WAIT = 20.0  # seconds, at most, a thread waits for the others (none ever should)
 
 
 # --- Step 1: backoff -----------------------------------------------------------------
@@ -223,58 +220,6 @@ def step_2_checks(fn: Any) -> Iterator[ex.Check]:
 
 # --- Step 3: the atomic claim ----------------------------------------------------------
 
-class _Interleaving:
-    """A connection that holds each thread back after its first statement that touches
-    data, until all threads got there: the worst interleaving for code that reads and then
-    writes in separate steps. A thread that holds the write lock then (``BEGIN IMMEDIATE``,
-    or a write inside a transaction) does not wait: the others could not get past it."""
-
-    def __init__(self, db: sqlite3.Connection, barrier: threading.Barrier) -> None:
-        self._db, self._barrier = db, barrier
-        self._waited, self._write_lock = False, False
-
-    def execute(self, sql: str, *params: Any) -> sqlite3.Cursor:
-        statement = sql.lstrip().upper()
-        try:
-            return self._db.execute(sql, *params)
-        finally:
-            if statement.startswith("BEGIN"):
-                self._write_lock = "IMMEDIATE" in statement or "EXCLUSIVE" in statement
-            elif not self._waited:
-                self._waited = True
-                holds = self._db.in_transaction and (
-                    self._write_lock or not statement.startswith("SELECT"))
-                if not holds:
-                    self.wait()
-
-    def wait(self) -> None:
-        try:
-            self._barrier.wait(timeout=BARRIER_WAIT)
-        except threading.BrokenBarrierError:
-            pass  # a thread ended without touching data: nothing left to wait for
-
-    def __enter__(self) -> _Interleaving:  # `with db:` behaves as on a plain connection
-        self._db.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self._db.__exit__(*exc)
-
-    def done(self) -> None:
-        """The thread is done: if it never waited, stop the others waiting for it."""
-        if not self._waited:
-            self._barrier.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    return db
-
-
 def _fresh_db(folder: Path, name: str) -> Path:
     path = folder / f"{name}.sqlite"
     with closing(connect(path)) as db:
@@ -316,20 +261,7 @@ def _outcome_row(name: str, got: Any, want: str, open_tx: bool, hint: str, extra
 
 def _race(fn: Callable[..., Any], path: Path, key: str, fp: str, now: float,
           lease: float) -> list[Any]:
-    barrier = threading.Barrier(THREADS)
-
-    def one(_: int) -> Any:
-        db = _Interleaving(connect(path), barrier)
-        try:
-            return fn(db, key, fp, now, lease)
-        except Exception as exc:  # noqa: BLE001 - each thread's error is part of the finding
-            return f"raised {type(exc).__name__}: {exc}"
-        finally:
-            db.done()
-            db.close()
-
-    with ThreadPoolExecutor(max_workers=THREADS) as pool:
-        return list(pool.map(one, range(THREADS)))
+    return race(lambda db: fn(db, key, fp, now, lease), path, THREADS)
 
 
 def _race_row(name: str, outcomes: list[Any], want_rest: str, hint: str) -> ex.Check:
@@ -422,34 +354,6 @@ def step_3_checks(fn: Any, seed: int = 5) -> Iterator[ex.Check]:
 
 # --- Step 4: one transaction -----------------------------------------------------------
 
-class InjectedFailure(sqlite3.OperationalError):
-    """The disk failing under a statement: raised by the check, not by your code."""
-
-
-class _FailingAt:
-    """A connection that raises :class:`InjectedFailure` instead of running statement
-    ``fail_at`` (from 1): a crash between two statements."""
-
-    def __init__(self, db: sqlite3.Connection, fail_at: int | None) -> None:
-        self._db, self.fail_at, self.statements = db, fail_at, 0
-
-    def execute(self, sql: str, *params: Any) -> sqlite3.Cursor:
-        self.statements += 1
-        if self.statements == self.fail_at:
-            raise InjectedFailure(f"disk I/O error (injected before statement {self.fail_at})")
-        return self._db.execute(sql, *params)
-
-    def __enter__(self) -> _FailingAt:  # `with db:` behaves as on a plain connection
-        self._db.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self._db.__exit__(*exc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
 def _state(path: Path, key: str, charge_id: str) -> tuple[bool, bool]:
     """(payment recorded?, response stored?) as a new connection sees them."""
     db = connect(path)
@@ -466,7 +370,7 @@ def _finish_run(fn: Callable[..., Any], path: Path, key: str, fail_at: int | Non
     """Claim ``key``, run the answer; (statements run, transaction left open, error)."""
     with closing(connect(path)) as db:
         api.claim_key(db, key, "fp", 1000.0, 90.0)
-    db = _FailingAt(connect(path), fail_at)
+    db = FailingAt(connect(path), fail_at)
     error = ""
     try:
         fn(db, key, dict(charge), reply)
