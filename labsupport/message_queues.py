@@ -1,45 +1,100 @@
-"""Backs ``03_message_queues.ipynb``: a durable queue with Amazon SQS semantics, and
-processing that stays correct when a message is delivered twice.
+"""Backs ``03_message_queues.ipynb``: a durable queue with Amazon SQS semantics, and an
+effect that is applied once however often a message is delivered.
 
-- :class:`Queue`: one SQLite file (WAL mode). Receive hides a message for a visibility
-  timeout; delete with the latest receipt handle is the acknowledgement; after
-  ``max_receive_count`` receives a message moves to a dead-letter queue; retention.
-  Safe for many threads and processes at once; it survives a restart.
-- :class:`ResultStore` and :func:`process_idempotent`: a processed-ids table in the
-  effect's transaction turns at-least-once delivery into exactly-once *effects*.
+The four steps you write in the notebook are the functions of the same name here, each
+over a SQLite connection:
 
-Workers, the processing service and the HTTP front door are in ``labsupport.services``.
-SQS facts come from the Amazon SQS Developer Guide and API reference.
+1. :func:`receive_one`: one atomic statement hides a message and hands out a new receipt
+   handle;
+2. :func:`delete_message`: delete by receipt handle, with SQS's answers for a stale, a
+   repeated and an unknown handle;
+3. :func:`redrive`: a message received ``max_receive_count`` times moves to the
+   dead-letter queue;
+4. :func:`apply_once`: the effect and the processed id in one transaction.
+
+:class:`Queue` puts 1-3 behind SQS's API and limits. The documents, the result store
+(where step 4 runs) and the workers are in ``labsupport.services.message_queues``.
+SQS facts: the SQS API reference and Developer Guide, as of 2025-09 (the botocore model).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import sqlite3
-import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-# --- Amazon SQS limits (SQS Developer Guide; SetQueueAttributes API reference) ----------
+from labsupport.sqlite_db import Database
+
+# --- Amazon SQS limits (API reference, SetQueueAttributes / SendMessage / ReceiveMessage) ----
 SQS_VISIBILITY_TIMEOUT_DEFAULT = 30.0  # seconds
-SQS_VISIBILITY_TIMEOUT_MAX = 12 * 3600.0  # seconds (0 s to 12 hours)
+SQS_VISIBILITY_TIMEOUT_MAX = 12 * 3600.0  # seconds, counted from the receive: extending
+# a message's timeout never takes it past 12 h after the ReceiveMessage
 SQS_RETENTION_DEFAULT = 4 * 24 * 3600.0  # seconds (4 days)
 SQS_RETENTION_MIN = 60.0  # seconds (1 minute)
 SQS_RETENTION_MAX = 14 * 24 * 3600.0  # seconds (14 days)
-SQS_MAX_RECEIVE_COUNT_RANGE = (1, 1000)  # the redrive policy's maxReceiveCount
+SQS_MAX_RECEIVE_COUNT_RANGE = (1, 1000)  # the redrive policy's maxReceiveCount (default 10)
 SQS_LONG_POLL_MAX = 20.0  # seconds, ReceiveMessage WaitTimeSeconds
-SQS_RECEIVE_BATCH_MAX = 10  # messages per ReceiveMessage
+SQS_BATCH_MAX = 10  # messages per ReceiveMessage or SendMessageBatch
+SQS_DELAY_MAX = 900.0  # seconds, DelaySeconds (15 minutes)
+SQS_MESSAGE_MAX_BYTES = 1_048_576  # 1 MiB of UTF-8 bytes since August 2025 (256 KiB before)
+# The characters SQS accepts in a body (the XML 1.0 set); anything else: InvalidMessageContents
+_ALLOWED = re.compile("[\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 
-CORRUPT_MARKER = "%%CORRUPT%%"  # a document whose content starts with this always fails
 
-_SCHEMA = """
+class SQSError(ValueError):
+    """An error SQS would answer with; ``code`` is SQS's error name."""
+    code = "SQSError"
+
+    def __str__(self) -> str:
+        return f"{self.code}: {super().__str__()}"
+
+
+class InvalidMessageContents(SQSError):  # an empty body, a bad character, over 1 MiB
+    code = "InvalidMessageContents"
+
+
+class ReceiptHandleIsInvalid(SQSError):  # a handle never issued for this queue
+    code = "ReceiptHandleIsInvalid"
+
+
+class MessageNotInflight(SQSError):  # change visibility of a message not in flight
+    code = "MessageNotInflight"
+
+
+class InvalidParameterValue(SQSError):  # a request parameter out of range (HTTP 400)
+    code = "InvalidParameterValue"
+
+
+class InvalidAttributeValue(SQSError):  # a queue attribute out of range
+    code = "InvalidAttributeValue"
+
+
+def check_range(name: str, value: Any, low: float, high: float,
+                error: type[SQSError] = InvalidParameterValue) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise error(f"{name} must be between {low:g} and {high:g}; got {value!r}")
+
+
+def validate_body(body: Any) -> None:
+    """SendMessage's rules for a body: a non-empty str of allowed characters, at most
+    1 MiB once encoded as UTF-8 (a character can take up to 4 bytes)."""
+    if type(body) is not str or not body:
+        raise InvalidMessageContents("the body must be a non-empty string")
+    if not _ALLOWED.fullmatch(body):
+        bad = next(c for c in body if not _ALLOWED.fullmatch(c))
+        raise InvalidMessageContents(f"character U+{ord(bad):04X} is outside the allowed set")
+    size = len(body.encode("utf-8", "surrogatepass"))
+    if size > SQS_MESSAGE_MAX_BYTES:
+        raise InvalidMessageContents(f"{size:,} bytes; the maximum is {SQS_MESSAGE_MAX_BYTES:,}")
+
+
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order
     id             TEXT NOT NULL UNIQUE,
@@ -48,71 +103,22 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at        REAL NOT NULL,     -- original enqueue time, kept when moved to a DLQ
     visible_at     REAL NOT NULL,     -- receivable when visible_at <= now
     receive_count  INTEGER NOT NULL DEFAULT 0,
-    receipt_handle TEXT UNIQUE        -- the latest receive's handle; NULL before the first
+    receipt_handle TEXT UNIQUE,       -- the latest receive's handle; NULL before the first
+    received_at    REAL               -- time of the latest receive (for the 12-hour cap)
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
-CREATE TABLE IF NOT EXISTS processed (doc_id TEXT PRIMARY KEY, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL,
-                                    at REAL NOT NULL, chars INTEGER NOT NULL);
+-- Every receipt handle ever handed out, so that delete can tell a stale one from a forged one.
+CREATE TABLE IF NOT EXISTS receipts (handle TEXT PRIMARY KEY, message_id TEXT NOT NULL,
+                                     queue TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS receipt_issued AFTER UPDATE OF receipt_handle ON messages
+WHEN NEW.receipt_handle IS NOT NULL BEGIN
+    INSERT OR IGNORE INTO receipts VALUES (NEW.receipt_handle, NEW.id, NEW.queue);
+END;
+CREATE TABLE IF NOT EXISTS processed (doc_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS effects (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                                    doc_id TEXT NOT NULL, text TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS effects_doc ON effects (doc_id);
 """
-
-# One SQLite connection per thread and file (a connection must not be shared between threads)
-# and one in-process write lock per file: threads queue on it instead of SQLite's busy
-# handler, which sleeps in steps of milliseconds. Other processes wait through busy_timeout.
-_local = threading.local()
-_write_locks: dict[str, threading.Lock] = {}
-_write_locks_guard = threading.Lock()
-
-
-class _Db:
-    """A SQLite file with per-thread connections and write transactions."""
-
-    def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL") -> None:
-        if synchronous.upper() not in ("NORMAL", "FULL"):
-            raise ValueError("synchronous must be NORMAL (survives a process crash) or FULL "
-                             "(also survives a power loss)")
-        self.path = os.path.realpath(os.fspath(path))
-        self.synchronous = synchronous.upper()
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with _write_locks_guard:
-            self._lock = _write_locks.setdefault(self.path, threading.Lock())
-        with self._lock:
-            self.conn().executescript(_SCHEMA)  # IF NOT EXISTS: reopening keeps the data
-
-    def conn(self) -> sqlite3.Connection:
-        conns = _local.__dict__.setdefault("conns", {})  # this thread's connections
-        conn = conns.get(self.path)
-        if conn is None:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")  # milliseconds: wait for other processes
-            conns[self.path] = conn
-        return conn
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: one writer at a time, across threads and processes."""
-        conn = self.conn()
-        with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def close(self) -> None:
-        """Close this thread's connection (other threads' close when the thread ends)."""
-        conn = getattr(_local, "conns", {}).pop(self.path, None)
-        if conn is not None:
-            conn.close()
-
-
-# --- the queue ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -129,60 +135,136 @@ class Message:
         return json.loads(self.body)
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (low <= value <= high):
-        raise ValueError(f"{name} must be between {low:g} and {high:g}; got {value!r}")
+# --- the four steps, over a connection ---------------------------------------------------
+
+
+def receive_one(conn: sqlite3.Connection, queue: str, now: float,
+                visibility_timeout: float) -> Message | None:
+    """Step 1: the oldest visible message of ``queue``, hidden until ``now +
+    visibility_timeout`` under a new receipt handle; None if nothing is visible. One
+    statement, so two workers can never take the same message."""
+    rows = conn.execute(
+        "UPDATE messages SET receive_count = receive_count + 1, receipt_handle = ?, "
+        "received_at = ?, visible_at = ? WHERE seq = (SELECT seq FROM messages "
+        "WHERE queue = ? AND visible_at <= ? ORDER BY seq LIMIT 1) "
+        "RETURNING id, body, receipt_handle, receive_count, sent_at",
+        (uuid.uuid4().hex, now, now + visibility_timeout, queue, now)).fetchall()
+    return Message(*rows[0]) if rows else None  # fetchall: the statement ends, the lock goes
+
+
+def check_issued(conn: sqlite3.Connection, queue: str, receipt_handle: Any) -> None:
+    """Raise :class:`ReceiptHandleIsInvalid` unless ``receipt_handle`` was issued for
+    ``queue`` (the ``receipts`` table, filled by a trigger on every receive)."""
+    if type(receipt_handle) is not str or not conn.execute(
+            "SELECT 1 FROM receipts WHERE handle = ? AND queue = ?",
+            (receipt_handle, queue)).fetchone():
+        raise ReceiptHandleIsInvalid(f"the receipt handle {receipt_handle!r:.40} is not "
+                                     f"valid for queue {queue!r}")
+
+
+def delete_message(conn: sqlite3.Connection, queue: str, receipt_handle: str) -> None:
+    """Step 2: DeleteMessage. The latest handle deletes; an older handle of the message
+    succeeds and deletes nothing (SQS: "the request will succeed, but the message might
+    not be deleted"); deleting again succeeds; a handle never issued for ``queue`` raises
+    :class:`ReceiptHandleIsInvalid`."""
+    check_issued(conn, queue, receipt_handle)
+    conn.execute("DELETE FROM messages WHERE receipt_handle = ? AND queue = ?",
+                 (receipt_handle, queue))
+
+
+def check_redrive_policy(queue: str, dead_letter_queue: str, max_receive_count: Any) -> None:
+    """SQS's rules for a redrive policy: an int maxReceiveCount from 1 to 1,000 and a
+    dead-letter queue other than the queue itself."""
+    if type(max_receive_count) is not int:
+        raise InvalidAttributeValue(f"maxReceiveCount must be an integer; got {max_receive_count!r}")
+    check_range("maxReceiveCount", max_receive_count, *SQS_MAX_RECEIVE_COUNT_RANGE,
+                error=InvalidAttributeValue)
+    if dead_letter_queue == queue:
+        raise InvalidAttributeValue("a queue cannot be its own dead-letter queue")
+
+
+def redrive(conn: sqlite3.Connection, queue: str, dead_letter_queue: str,
+            max_receive_count: int, now: float) -> int:
+    """Step 3: move every message of ``queue`` that is visible again after
+    ``max_receive_count`` receives to ``dead_letter_queue``, receivable there at once,
+    keeping its id, body and ``sent_at``. Returns how many moved."""
+    check_redrive_policy(queue, dead_letter_queue, max_receive_count)
+    return conn.execute(
+        "UPDATE messages SET queue = ?, visible_at = ?, receipt_handle = NULL "
+        "WHERE queue = ? AND visible_at <= ? AND receive_count >= ?",
+        (dead_letter_queue, now, queue, now, max_receive_count)).rowcount
+
+
+def apply_once(conn: sqlite3.Connection, doc_id: str, text: str) -> bool:
+    """Step 4: record ``doc_id`` as processed and its effect, in one transaction, unless
+    it was processed before. True if the effect was applied now."""
+    conn.execute("BEGIN IMMEDIATE")  # take the write lock first: no one can slip in between
+    try:
+        first = conn.execute("INSERT OR IGNORE INTO processed (doc_id) VALUES (?)",
+                             (doc_id,)).rowcount == 1
+        if first:
+            conn.execute("INSERT INTO effects (doc_id, text) VALUES (?, ?)", (doc_id, text))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return first
+
+
+# --- the queue ---------------------------------------------------------------------------
 
 
 class Queue:
     """A durable queue with the semantics of an Amazon SQS standard queue.
 
     Several queues may share one SQLite file. ``receive`` hands out the oldest visible
-    messages first (SQS promises only best-effort order), hides each for
-    ``visibility_timeout`` seconds and gives a fresh receipt handle. A message not deleted
-    in time becomes visible again (at-least-once delivery); one received
-    ``max_receive_count`` times moves to ``dead_letter_queue`` keeping its original
-    ``sent_at``, as in SQS, so retention in the DLQ counts from the first send.
-    ``clock`` (seconds) may be replaced in tests; processes sharing a file must share it.
-    Limits are SQS's; ``check_limits=False`` lifts the retention minimum (compressed time).
+    messages first (SQS promises only best-effort order). A redrive policy is
+    ``dead_letter_queue`` with ``max_receive_count``. ``clock`` and ``sleep`` (seconds)
+    may be replaced by a simulated clock; processes sharing a file must share the clock.
+    ``check_limits=False`` lifts the retention minimum (for compressed time).
     """
 
     def __init__(self, path: str | os.PathLike, name: str = "jobs", *,
                  visibility_timeout: float = SQS_VISIBILITY_TIMEOUT_DEFAULT,
                  retention_period: float = SQS_RETENTION_DEFAULT,
                  dead_letter_queue: Queue | None = None, max_receive_count: int | None = None,
-                 clock: Callable[[], float] = time.time, synchronous: str = "NORMAL",
-                 check_limits: bool = True) -> None:
-        _check_range("visibility_timeout", visibility_timeout, 0, SQS_VISIBILITY_TIMEOUT_MAX)
-        if check_limits:
-            _check_range("retention_period", retention_period, SQS_RETENTION_MIN,
-                         SQS_RETENTION_MAX)
-        elif retention_period <= 0:
-            raise ValueError("retention_period must be positive")
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 synchronous: str = "NORMAL", check_limits: bool = True) -> None:
+        check_range("VisibilityTimeout", visibility_timeout, 0, SQS_VISIBILITY_TIMEOUT_MAX,
+                    InvalidAttributeValue)
+        low = SQS_RETENTION_MIN if check_limits else 1e-9
+        check_range("MessageRetentionPeriod", retention_period, low, SQS_RETENTION_MAX,
+                    InvalidAttributeValue)
         if (dead_letter_queue is None) != (max_receive_count is None):
-            raise ValueError("a redrive policy needs both dead_letter_queue and max_receive_count")
-        if max_receive_count is not None:
-            if type(max_receive_count) is not int:
-                raise ValueError("max_receive_count must be an integer")
-            _check_range("max_receive_count", max_receive_count, *SQS_MAX_RECEIVE_COUNT_RANGE)
-        if dead_letter_queue is not None and dead_letter_queue.name == name:
-            raise ValueError("a queue cannot be its own dead-letter queue")
-        self.name, self.clock = name, clock
+            raise InvalidAttributeValue("a redrive policy needs both dead_letter_queue and "
+                                        "max_receive_count")
+        if dead_letter_queue is not None:
+            check_redrive_policy(name, dead_letter_queue.name, max_receive_count)
+        self.name, self.clock, self.sleep = name, clock, sleep
         self.visibility_timeout = float(visibility_timeout)  # seconds
         self.retention_period = float(retention_period)  # seconds, counted from sent_at
         self.dead_letter_queue, self.max_receive_count = dead_letter_queue, max_receive_count
-        self.db = _Db(path, synchronous)
+        self.db = Database(path, SCHEMA, synchronous)
 
     def send(self, body: str | dict, delay_seconds: float = 0.0) -> str:
-        """Store one message durably and return its id (SendMessage). When this returns,
-        the message is committed: a crash of this process cannot lose it."""
+        """SendMessage: once this returns its id, the message survives a crash."""
         return self.send_batch([body], delay_seconds)[0]
 
     def send_batch(self, bodies: list[str | dict], delay_seconds: float = 0.0) -> list[str]:
-        """Send several messages in one transaction (SendMessageBatch allows 10)."""
+        """Send up to 10 messages in one transaction (SendMessageBatch)."""
+        check_range("number of entries", len(bodies), 1, SQS_BATCH_MAX)
+        check_range("DelaySeconds", delay_seconds, 0, SQS_DELAY_MAX)
+        texts = [b if isinstance(b, str) else json.dumps(b) for b in bodies]
+        for text in texts:
+            validate_body(text)
+        total = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        if total > SQS_MESSAGE_MAX_BYTES:
+            raise InvalidMessageContents(f"the batch holds {total:,} bytes; the maximum is "
+                                         f"{SQS_MESSAGE_MAX_BYTES:,}")
         now = self.clock()
-        rows = [(uuid.uuid4().hex, self.name, b if isinstance(b, str) else json.dumps(b), now,
-                 now + delay_seconds) for b in bodies]
+        rows = [(uuid.uuid4().hex, self.name, t, now, now + delay_seconds) for t in texts]
         with self.db.write() as conn:
             conn.executemany("INSERT INTO messages (id, queue, body, sent_at, visible_at) "
                              "VALUES (?, ?, ?, ?, ?)", rows)
@@ -190,18 +272,16 @@ class Queue:
 
     def receive(self, max_messages: int = 1, visibility_timeout: float | None = None,
                 wait_time_seconds: float = 0.0, poll_interval: float = 0.005) -> list[Message]:
-        """Receive up to ``max_messages`` visible messages and hide them (ReceiveMessage).
-
-        Each returned message gets a new receipt handle, its receive count goes up by one,
-        and it stays invisible for the visibility timeout. A message already received
-        ``max_receive_count`` times moves to the dead-letter queue instead.
-        ``wait_time_seconds > 0`` long-polls: wait up to that long for a message.
-        """
-        _check_range("max_messages", max_messages, 1, SQS_RECEIVE_BATCH_MAX)
-        _check_range("wait_time_seconds", wait_time_seconds, 0, SQS_LONG_POLL_MAX)
+        """ReceiveMessage: up to ``max_messages`` visible messages, each hidden for the
+        visibility timeout under a new receipt handle. Messages past the retention
+        period are dropped and, with a redrive policy, messages received
+        ``max_receive_count`` times move to the dead-letter queue first.
+        ``wait_time_seconds > 0`` long-polls: wait up to that long for a message."""
+        check_range("MaxNumberOfMessages", max_messages, 1, SQS_BATCH_MAX)
+        check_range("WaitTimeSeconds", wait_time_seconds, 0, SQS_LONG_POLL_MAX)
         timeout = self.visibility_timeout if visibility_timeout is None else visibility_timeout
-        _check_range("visibility_timeout", timeout, 0, SQS_VISIBILITY_TIMEOUT_MAX)
-        deadline = time.monotonic() + wait_time_seconds
+        check_range("VisibilityTimeout", timeout, 0, SQS_VISIBILITY_TIMEOUT_MAX)
+        deadline = self.clock() + wait_time_seconds
         while True:
             # a cheap read first: an empty poll takes no write lock
             if self.db.conn().execute(
@@ -210,60 +290,47 @@ class Queue:
                 got = self._receive_now(max_messages, timeout)
                 if got:
                     return got
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 return []
-            time.sleep(poll_interval)
+            self.sleep(poll_interval)
 
     def _receive_now(self, max_messages: int, timeout: float) -> list[Message]:
         now = self.clock()
         out: list[Message] = []
         with self.db.write() as conn:
-            # Retention: drop messages older than the retention period, counted from sent_at.
             conn.execute("DELETE FROM messages WHERE queue = ? AND sent_at <= ?",
                          (self.name, now - self.retention_period))
-            while len(out) < max_messages:
-                rows = conn.execute(
-                    "SELECT seq, id, body, sent_at, receive_count FROM messages "
-                    "WHERE queue = ? AND visible_at <= ? ORDER BY seq LIMIT ?",
-                    (self.name, now, max_messages - len(out))).fetchall()
-                if not rows:
-                    break
-                for seq, message_id, body, sent_at, count in rows:
-                    if self.max_receive_count is not None and count >= self.max_receive_count:
-                        # Redrive: received max_receive_count times and never deleted.
-                        conn.execute("UPDATE messages SET queue = ?, visible_at = ?, "
-                                     "receipt_handle = NULL WHERE seq = ?",
-                                     (self.dead_letter_queue.name, now, seq))
-                        continue
-                    handle = uuid.uuid4().hex
-                    conn.execute("UPDATE messages SET receive_count = receive_count + 1, "
-                                 "receipt_handle = ?, visible_at = ? WHERE seq = ?",
-                                 (handle, now + timeout, seq))
-                    out.append(Message(message_id, body, handle, count + 1, sent_at))
+            if self.dead_letter_queue is not None:
+                redrive(conn, self.name, self.dead_letter_queue.name, self.max_receive_count,
+                        now)
+            while len(out) < max_messages and (msg := receive_one(conn, self.name, now,
+                                                                   timeout)):
+                out.append(msg)
         return out
 
-    def delete(self, receipt_handle: str) -> bool:
-        """Acknowledge: delete the message this receipt handle belongs to (DeleteMessage).
-
-        Only the handle of the *latest* receive deletes. If the visibility timeout ran out
-        and another consumer received the message since, this handle is stale and the
-        message stays (SQS: "you must provide the most recently received receipt handle").
-        Returns whether a message was deleted.
-        """
+    def delete(self, receipt_handle: str) -> None:
+        """DeleteMessage (see :func:`delete_message`): returns nothing, as in SQS."""
         with self.db.write() as conn:
-            cur = conn.execute("DELETE FROM messages WHERE receipt_handle = ? AND queue = ?",
-                               (receipt_handle, self.name))
-        return cur.rowcount == 1
+            delete_message(conn, self.name, receipt_handle)
 
-    def change_visibility(self, receipt_handle: str, visibility_timeout: float) -> bool:
-        """Hide the message for ``visibility_timeout`` seconds from now
-        (ChangeMessageVisibility): extend it for a long job, or 0 to release it at once."""
-        _check_range("visibility_timeout", visibility_timeout, 0, SQS_VISIBILITY_TIMEOUT_MAX)
+    def change_visibility(self, receipt_handle: str, visibility_timeout: float) -> None:
+        """ChangeMessageVisibility: hide the message for ``visibility_timeout`` seconds
+        from now (extend a long job, or 0 to release it at once), never past 12 hours
+        after its receive."""
+        check_range("VisibilityTimeout", visibility_timeout, 0, SQS_VISIBILITY_TIMEOUT_MAX)
+        now = self.clock()
         with self.db.write() as conn:
-            cur = conn.execute("UPDATE messages SET visible_at = ? "
+            check_issued(conn, self.name, receipt_handle)
+            row = conn.execute("SELECT received_at, visible_at FROM messages "
                                "WHERE receipt_handle = ? AND queue = ?",
-                               (self.clock() + visibility_timeout, receipt_handle, self.name))
-        return cur.rowcount == 1
+                               (receipt_handle, self.name)).fetchone()
+            if row is None or row[1] <= now:
+                raise MessageNotInflight("the message is not in flight under this handle")
+            if now + visibility_timeout > row[0] + SQS_VISIBILITY_TIMEOUT_MAX:
+                raise InvalidParameterValue("the visibility timeout would end more than 12 "
+                                            "hours after the message was received")
+            conn.execute("UPDATE messages SET visible_at = ? WHERE receipt_handle = ?",
+                         (now + visibility_timeout, receipt_handle))
 
     def depth(self) -> dict[str, int]:
         """Messages ready to receive (``visible``), received and not yet deleted
@@ -278,11 +345,11 @@ class Queue:
             (now, now, now, self.name, now - self.retention_period)).fetchone()
         return {"visible": int(row[0]), "in_flight": int(row[1]), "delayed": int(row[2])}
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # messages visible, in flight or delayed
         return sum(self.depth().values())
 
     def peek(self) -> list[dict[str, Any]]:
-        """All messages of this queue, oldest first, without receiving them (for teaching)."""
+        """All messages of this queue, oldest first, without receiving them."""
         now = self.clock()
         rows = self.db.conn().execute(
             "SELECT id, body, receive_count, visible_at, sent_at FROM messages "
@@ -293,105 +360,3 @@ class Queue:
 
     def close(self) -> None:
         self.db.close()
-
-
-# --- documents, the result store, processing ------------------------------------------
-
-
-@dataclass(frozen=True)
-class Document:
-    """An uploaded document: the job a worker processes."""
-
-    doc_id: str
-    name: str
-    content: str
-
-    @property
-    def corrupt(self) -> bool:
-        return self.content.startswith(CORRUPT_MARKER)
-
-    def to_json(self) -> str:
-        return json.dumps({"doc_id": self.doc_id, "name": self.name, "content": self.content})
-
-    @classmethod
-    def from_json(cls, text: str) -> Document:
-        data = json.loads(text)
-        return cls(str(data["doc_id"]), str(data.get("name", "")), str(data.get("content", "")))
-
-
-class TextService(Protocol):
-    """The slow downstream service a handler calls (``services.ProcessingService``)."""
-
-    def extract_text(self, doc: Document) -> str: ...
-
-
-class ResultStore:
-    """Where processing leaves its effect (say, the search index), in a SQLite file.
-
-    ``record_effect`` applies the effect on every call: with at-least-once delivery a
-    document can be indexed twice. ``transaction()`` gives ``mark_processed`` (False if
-    the id is already in the processed-ids table) and ``record_effect`` in one atomic
-    transaction, which makes processing idempotent.
-    """
-
-    def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL") -> None:
-        self.db = _Db(path, synchronous)
-
-    def record_effect(self, doc_id: str, text: str) -> None:
-        """Apply the side effect once more (not idempotent on its own)."""
-        with self.transaction() as tx:
-            tx.record_effect(doc_id, text)
-
-    def is_processed(self, doc_id: str) -> bool:
-        return self.db.conn().execute("SELECT 1 FROM processed WHERE doc_id = ?",
-                                      (doc_id,)).fetchone() is not None
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[_StoreTx]:
-        """``with store.transaction() as tx:`` all or nothing, one writer at a time."""
-        with self.db.write() as conn:
-            yield _StoreTx(conn)
-
-    def effects_per_doc(self) -> Counter:
-        """How many times each document's effect was applied."""
-        return Counter(dict(self.db.conn().execute(
-            "SELECT doc_id, COUNT(*) FROM effects GROUP BY doc_id").fetchall()))
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class _StoreTx:
-    """The operations available inside ``ResultStore.transaction()``."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def mark_processed(self, doc_id: str) -> bool:
-        """Insert into the processed-ids table; False if it was already there."""
-        cur = self._conn.execute("INSERT OR IGNORE INTO processed (doc_id, at) VALUES (?, ?)",
-                                 (doc_id, time.time()))
-        return cur.rowcount == 1
-
-    def record_effect(self, doc_id: str, text: str) -> None:
-        self._conn.execute("INSERT INTO effects (doc_id, at, chars) VALUES (?, ?, ?)",
-                           (doc_id, time.time(), len(text)))
-
-
-Handler = Callable[[Document, TextService, ResultStore], None]
-
-
-def process_naive(doc: Document, service: TextService, store: ResultStore) -> None:
-    """Process a document and apply its effect: correct only if delivered exactly once."""
-    text = service.extract_text(doc)
-    store.record_effect(doc.doc_id, text)
-
-
-def process_idempotent(doc: Document, service: TextService, store: ResultStore) -> None:
-    """Apply the effect at most once per document, however often it is delivered."""
-    if store.is_processed(doc.doc_id):  # a redelivery of finished work: skip the slow call
-        return
-    text = service.extract_text(doc)
-    with store.transaction() as tx:  # check and effect commit together, or not at all
-        if tx.mark_processed(doc.doc_id):
-            tx.record_effect(doc.doc_id, text)

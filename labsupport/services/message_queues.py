@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -34,19 +34,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from labsupport import servers
-from labsupport.message_queues import CORRUPT_MARKER, Document, Handler, Queue, ResultStore
+from labsupport.message_queues import Queue
 from labsupport.services.message_queues_workers import (  # noqa: F401 - re-exported
+    CORRUPT_MARKER,
+    CalledInsideTransaction,
     CorruptDocument,
-    DepthSampler,
+    Document,
     FaultPlan,
+    Hung,
     PoolStats,
     ProcessingService,
+    ResultStore,
     ServiceOverloaded,
+    StoreTransaction,
+    VirtualTime,
+    Worker,
     WorkerCrashed,
-    WorkerPool,
     kill_hard,
+    naive_worker,
+    run_workers,
     spawn_worker_process,
-    wait_until_drained,
 )
 
 # --- a whole pipeline run -------------------------------------------------------------
@@ -59,22 +66,23 @@ class PipelineConfig:
     workers: int
     visibility_timeout: float  # seconds
     max_receive_count: int | None  # None: no dead-letter queue
-    handler: Handler
+    worker: Worker  # one turn: receive at most one message, process it, delete it
 
 
 @dataclass
 class RunResult:
-    """Everything measured in one :func:`run_pipeline`. Times are seconds from the
-    first send."""
+    """Everything measured in one :func:`run_pipeline`. Times are simulated seconds from
+    the first send."""
 
     n_docs: int
     processing_time: float
     workers: int
     sent_at: dict[str, float]  # doc_id -> time sent
-    completed_at: dict[str, float]  # doc_id -> time its message was deleted (first time)
+    completed_at: dict[str, float]  # doc_id -> time its message was deleted
     drained_at: float | None  # None: still not empty at the deadline
     depth: np.ndarray  # columns: t, visible, in flight
     effects: Counter  # doc_id -> effects applied
+    effect_texts: list[tuple[str, str]]  # every effect: (doc_id, text)
     dead_lettered: list[str]  # doc_ids in the DLQ
     left_in_queue: int
     stats: PoolStats
@@ -82,6 +90,7 @@ class RunResult:
     accept: LoadResult | None = None  # when the docs came in over HTTP
     queued: dict[str, int] = field(default_factory=dict)  # doc_id -> receive count, of the
     # messages still in the main queue at the end (0: never received)
+    hung: str = ""  # why the run stopped early, if a worker never gave its turn back
 
     @property
     def ideal_drain(self) -> float:
@@ -94,7 +103,8 @@ class RunResult:
                    f"NOT drained: {self.left_in_queue} messages left")
         dup = sum(1 for c in self.effects.values() if c > 1)
         return (f"{self.n_docs} docs, {self.workers} workers: {drained}; "
-                f"{len(self.completed_at)} acknowledged, {len(self.dead_lettered)} dead-lettered, "
+                f"{sum(self.service.calls.values())} service calls, "
+                f"{len(self.completed_at)} deleted, {len(self.dead_lettered)} dead-lettered, "
                 f"{dup} docs with duplicate effects, {len(self.stats.crashes)} crashes")
 
 
@@ -107,73 +117,101 @@ def make_documents(n: int, poison: set[int] = frozenset(), prefix: str = "doc") 
     return docs
 
 
+def _by_job(faults: FaultPlan, job_of: dict[str, str]) -> FaultPlan:
+    """The same plan, with document names replaced by their doc ids (the job ids the
+    front door gave, over HTTP)."""
+    def ids(names: set[str]) -> set[str]:
+        return {job_of.get(n, n) for n in names}
+    return FaultPlan(ids(faults.in_service), ids(faults.after_commit), ids(faults.before_delete))
+
+
 def run_pipeline(config: PipelineConfig, docs: list[Document], *, processing_time: float,
                  capacity: int = 20, faults: FaultPlan | None = None,
                  arrival_rate: float | None = None, deadline: float | None = None,
-                 folder: str | os.PathLike | None = None, via_http: bool = False,
-                 sample_interval: float = 0.02) -> RunResult:
-    """Run ``docs`` through a fresh queue and ``config.workers`` workers, for real.
+                 via_http: bool = False, sample_interval: float = 0.02,
+                 watchdog: float = 30.0) -> RunResult:
+    """Run ``docs`` through a fresh queue and ``config.workers`` workers on a simulated
+    clock (see :class:`VirtualTime`): real SQLite, real worker code, simulated waiting.
 
-    ``arrival_rate`` (documents per second) spaces the sends evenly; None sends them all
-    at once (the 2pm burst). ``via_http`` sends them as 500 concurrent HTTP uploads to
-    the front door instead (``result.accept`` then holds the accept latencies).
-    ``deadline`` (seconds, default 3x the ideal drain time plus 2 s) ends a run that
-    does not drain.
+    ``arrival_rate`` (documents per simulated second) spaces the sends evenly; None sends
+    them all at once (the 2pm burst). ``via_http`` sends them as concurrent HTTP uploads
+    to the front door instead (``result.accept`` holds what each upload got).
+    ``deadline`` (simulated seconds, default 3x the ideal drain time plus 2 s) ends a run
+    that does not drain.
     """
-    owned = folder is None
-    tmp = tempfile.mkdtemp(prefix="mq-run-") if owned else os.fspath(folder)
-    db_path = os.path.join(tmp, "pipeline.db")
+    vt = VirtualTime(watchdog)
+    tmp = tempfile.mkdtemp(prefix="mq-run-")
     dlq = None
+    queue_path, store_path = os.path.join(tmp, "queue.db"), os.path.join(tmp, "store.db")
     if config.max_receive_count is not None:
-        dlq = Queue(db_path, "jobs-dlq", visibility_timeout=0)
-    queue = Queue(db_path, "jobs", visibility_timeout=config.visibility_timeout,
-                  dead_letter_queue=dlq, max_receive_count=config.max_receive_count)
-    store = ResultStore(db_path)
-    service = ProcessingService(processing_time, capacity)
-    pool = WorkerPool(queue, config.handler, workers=config.workers, service=service,
-                      store=store, faults=faults)
+        dlq = Queue(queue_path, "jobs-dlq", visibility_timeout=0, clock=vt, sleep=vt.sleep)
+    queue = Queue(queue_path, "jobs", visibility_timeout=config.visibility_timeout,
+                  dead_letter_queue=dlq, max_receive_count=config.max_receive_count,
+                  clock=vt, sleep=vt.sleep)
     ideal = math.ceil(len(docs) / max(1, min(config.workers, capacity))) * processing_time
     deadline = 3 * ideal + 2.0 if deadline is None else deadline
-    sent_at: dict[str, float] = {}
     accept = None
-    server = None
-    if via_http:  # started before the clock: its start-up is not part of the run
-        server = serve(db_path, queue=queue, store=store, processing_time=processing_time,
+    sent_at: dict[str, float] = {}
+    if via_http:
+        server = serve(queue_path, queue=queue, processing_time=processing_time,
                        name="pipeline-run")
-    t0 = time.time()
-    with DepthSampler(queue, sample_interval) as sampler, pool:
-        if server is not None:
-            try:
-                accept = fire_requests(server.url + "/uploads", docs)
-            finally:
-                server.stop()
-            sent_at = dict(accept.accepted_at)  # the server named the jobs
-        else:
-            for i, doc in enumerate(docs):
-                if arrival_rate:
-                    time.sleep(max(0.0, t0 + i / arrival_rate - time.time()))
-                queue.send(doc.to_json())
-                sent_at[doc.doc_id] = time.time()
-        drained = wait_until_drained(queue, max(0.0, t0 + deadline - time.time()))
+        try:
+            accept = fire_requests(server.url + "/uploads", docs)
+        finally:
+            server.stop()
+        sent_at = dict.fromkeys(accept.accepted_at, 0.0)  # the server named the jobs
+    if faults is not None:
+        faults = _by_job(faults, accept.job_of if accept else {d.name: d.doc_id for d in docs})
+    store = ResultStore(store_path)
+    service = ProcessingService(processing_time, capacity, sleep=vt.sleep, faults=faults,
+                                store=store)
+    if faults is not None:
+        plan = faults
+        store.on_commit = lambda ids: [plan.crash("after_commit", i) for i in sorted(ids)]
+    samples: list[tuple[float, int, int]] = []
+    drained: list[float] = []
+    sending = [True] if not via_http else []  # non-empty while the sender has documents left
+
+    def sender() -> None:  # documents arrive on the simulated clock
+        for i, doc in enumerate(docs):
+            if arrival_rate:
+                vt.sleep(max(0.0, i / arrival_rate - vt.now))
+            queue.send(doc.to_json())
+            sent_at[doc.doc_id] = vt.now
+        sending.clear()
+
+    def monitor() -> None:  # samples the depth; notes when the queue is empty
+        while not drained:
+            d = queue.depth()
+            samples.append((vt.now, d["visible"] + d["delayed"], d["in_flight"]))
+            if not sending and sum(d.values()) == 0:
+                drained.append(vt.now)
+            vt.sleep(sample_interval)
+
+    if not via_http:
+        vt.spawn(sender, name="mq-sender")
+    view, stats = run_workers(vt, queue, config.worker, workers=config.workers,
+                              service=service, store=store, faults=faults)
+    vt.spawn(monitor, name="mq-monitor")
+    hung = ""
+    try:
+        vt.run(until=deadline, stop=lambda: bool(drained))
+    except Hung as exc:
+        hung = str(exc)
+    finally:
+        vt.shutdown()
     left = len(queue)
     queued = {Document.from_json(m["body"]).doc_id: int(m["receive_count"]) for m in queue.peek()}
-    completed: dict[str, float] = {}
-    for at, doc_id in pool.stats.completed:
-        completed.setdefault(doc_id, at - t0)
     dead = [Document.from_json(m["body"]).doc_id for m in dlq.peek()] if dlq else []
-    effects = store.effects_per_doc()
-    depth = np.array([(t - t0, v, f) for t, v, f in sampler.samples], dtype=float).reshape(-1, 3)
-    queue.close()
-    store.close()
-    if owned:
-        with contextlib.suppress(OSError):
-            for name in os.listdir(tmp):
-                os.remove(os.path.join(tmp, name))
-            os.rmdir(tmp)
-    return RunResult(len(docs), processing_time, config.workers,
-                     {k: v - t0 for k, v in sent_at.items()}, completed,
-                     None if drained is None else drained - t0, depth, effects, dead, left,
-                     pool.stats, service, accept, queued)
+    effects, texts = store.effects_per_doc(), store.effects()
+    depth = np.array(samples, dtype=float).reshape(-1, 3)
+    for handle in (queue, dlq, store):
+        if handle is not None:
+            handle.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return RunResult(len(docs), processing_time, config.workers, sent_at,
+                     dict(view.deleted_at), drained[0] if drained else None, depth, effects,
+                     texts, dead, left, stats, service, accept, queued, hung)
 
 
 # --- the front door (FastAPI) ---------------------------------------------------------
@@ -269,8 +307,8 @@ def serve(db_path: str | os.PathLike, *, queue: Queue | None = None,
     """Start the front door on 127.0.0.1 and a free port. Starting a server with the
     same ``name`` again stops the previous one first (a re-run cell is safe)."""
     stop_server(name)
-    queue = queue or Queue(db_path, "jobs")
-    store = store or ResultStore(db_path)
+    queue = Queue(db_path, "jobs") if queue is None else queue  # an empty Queue is falsy
+    store = ResultStore(db_path) if store is None else store
     app = create_app(queue, store, processing_time=processing_time, sync_limit=sync_limit,
                      sync_timeout=sync_timeout, sync_max_waiting=sync_max_waiting)
     # a deep accept backlog and short keep-alive: 500 clients connect at once
