@@ -84,7 +84,8 @@ COURSE: tuple[Exercise, ...] = (
              "given and checked by simulation.", 35, steps=4),
     Exercise("03_message_queues", "Message queues",
              "queue between API and workers, ack, visibility timeout, DLQ", "message_queues",
-             "Python, HTTP status codes; notebook 01 (idempotency keys) helps.", 15),
+             "Python, HTTP status codes, a little SQL (UPDATE, INSERT, a transaction); "
+             "notebook 01 (idempotency keys) helps.", 40, steps=4),
     Exercise("04_model_routing", "Model routing",
              "rules- and classifier-based routing between a small and a large model",
              "model_routing",

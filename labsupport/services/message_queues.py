@@ -200,6 +200,10 @@ def run_pipeline(config: PipelineConfig, docs: list[Document], *, processing_tim
         hung = str(exc)
     finally:
         vt.shutdown()
+    if drained:  # the exact time: the last delete, or the last move to the DLQ
+        moved = queue.db.conn().execute("SELECT MAX(visible_at) FROM messages WHERE queue = ?",
+                                        ("jobs-dlq",)).fetchone()[0]
+        drained[0] = max([*view.deleted_at.values(), moved or 0.0])
     left = len(queue)
     queued = {Document.from_json(m["body"]).doc_id: int(m["receive_count"]) for m in queue.peek()}
     dead = [Document.from_json(m["body"]).doc_id for m in dlq.peek()] if dlq else []
