@@ -28,6 +28,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from labsupport import message_queues as mq
@@ -197,6 +198,7 @@ def test_delete_semantics_follow_sqs(db: str, clock: FakeClock) -> None:
     a, b = q.send("a"), q.send("b")
     other_id = other.send("invoice")
     [ma] = q.receive()
+    assert ma.id == a
     q.delete(ma.receipt_handle)  # the latest handle
     assert [row[0] for row in stored(db, "jobs")] == [b]
     q.delete(ma.receipt_handle)  # repeated: succeeds, nothing left to delete
@@ -212,8 +214,9 @@ def test_delete_semantics_follow_sqs(db: str, clock: FakeClock) -> None:
         with pytest.raises(mq.ReceiptHandleIsInvalid):
             q.delete(forged)
     assert [row[0] for row in stored(db, "billing")] == [other_id]  # not deleted by `jobs`
+    assert [row[0] for row in stored(db, "jobs")] == [b]
     q.delete(new.receipt_handle)
-    assert stored(db, "jobs") == [] and a != b
+    assert stored(db, "jobs") == []
 
 
 def test_sqs_errors_are_value_errors_with_codes() -> None:
@@ -444,6 +447,26 @@ def test_queue_attributes_out_of_range(db: str, kwargs: dict) -> None:
         mq.Queue(db, "jobs", **kwargs)
 
 
+@pytest.mark.xfail(strict=True, reason="Queue accepts a dead-letter queue in another SQLite "
+                   "file; redrive then renames the message to the DLQ's name inside the main "
+                   "queue's file, where neither queue object can reach it")
+def test_a_dead_letter_queue_in_another_file_is_refused_or_works(tmp_path: Path,
+                                                                 clock: FakeClock) -> None:
+    """A redrive target the queue cannot write to must be refused; if accepted, the
+    dead-lettered message must be receivable from it."""
+    dlq = mq.Queue(tmp_path / "other.db", "dlq", clock=clock)
+    try:
+        q = mq.Queue(tmp_path / "queue.db", "jobs", visibility_timeout=5, dead_letter_queue=dlq,
+                     max_receive_count=1, clock=clock)
+    except mq.InvalidAttributeValue:
+        return
+    q.send("poison")
+    q.receive()
+    clock.advance(6)
+    assert q.receive() == [] and len(q) == 0
+    assert [m.body for m in dlq.receive()] == ["poison"]
+
+
 @pytest.mark.parametrize("count", [1, 1000])
 def test_max_receive_count_bounds_are_accepted(db: str, count: int) -> None:
     """1 and 1,000 are inside the range."""
@@ -630,7 +653,7 @@ def test_virtual_time_shutdown_ends_threads() -> None:
         vt.spawn(lambda i=i: [vt.sleep(0.1 * (i + 1)) for _ in range(1000)])
     vt.spawn(lambda: None, delay=100.0)  # its first turn never comes
     vt.run(until=1.0)
-    assert threading.active_count() == before + 6
+    assert threading.active_count() >= before + 6
     vt.shutdown()
     assert threading.active_count() == before
 
@@ -673,7 +696,7 @@ def _config(vt: float, worker: services.Worker = key.process_upload, workers: in
 
 def test_processing_service_enforces_capacity_and_counts_calls() -> None:
     """Calls beyond capacity fail at once; calls and returned texts are counted per
-    document; a corrupt document fails; a call inside a store transaction is refused."""
+    document; a corrupt document fails (a call, no text)."""
     vt = services.VirtualTime(watchdog=10)
     service = services.ProcessingService(processing_time=0.2, capacity=2, sleep=vt.sleep)
     doc = services.Document("d", "d.pdf", "text")
@@ -740,7 +763,7 @@ def test_short_visibility_timeout_duplicates_and_idempotency_fixes_it() -> None:
     docs = services.make_documents(30)
     naive = services.run_pipeline(_config(0.05, services.naive_worker, workers=10, mrc=None),
                                   docs, processing_time=0.2, arrival_rate=50, deadline=5)
-    assert any(c > 1 for c in naive.effects.values())
+    assert any(c > 1 for c in naive.effects.values()) and naive.drained_at is None
     safe = services.run_pipeline(_config(0.05, key.process_upload, workers=10, mrc=None),
                                  docs, processing_time=0.2, arrival_rate=50, deadline=5)
     assert safe.drained_at is not None
@@ -895,10 +918,8 @@ def test_simulation_crashes_cost_a_visibility_timeout() -> None:
 def test_simulation_agrees_with_the_pipeline_on_poison(n: int, workers: int, vt: float,
                                                        mrc: int, n_poison: int) -> None:
     """The widget's engine and the real queue on the simulated clock: the same poison
-    documents, the same dead-letter count, the same drain time (within the pipeline's
-    0.05 s idle poll and 0.02 s depth sample, a few times over)."""
-    import numpy as np
-
+    documents, the same dead-letter count, the same drain time (within a few of the
+    pipeline's 0.05 s idle polls and 0.02 s depth samples, which the engine has not)."""
     sim = explore.simulate(n, workers, processing_time=1.0, visibility_timeout=vt,
                            poison=n_poison, max_receive_count=mrc, seed=0)
     picked = np.random.default_rng(0).choice(n, size=n_poison, replace=False)  # simulate's draw
@@ -956,6 +977,25 @@ def test_front_door_accepts_reports_status_and_rejects_bad_requests(db: str,
     assert client.get("/jobs/nope").status_code == 404
     assert client.post("/uploads", json={"content": "no name"}).status_code == 422
     assert client.post("/uploads", content=b"not json").status_code == 422
+
+
+@pytest.mark.xfail(strict=True, reason="POST /uploads accepts content up to 1,000,000 "
+                   "characters, but the message body is json.dumps(...) with ASCII escapes (6 "
+                   "bytes per non-ASCII character): past 1 MiB, validate_body raises inside the "
+                   "endpoint and the client gets 500 Internal Server Error")
+def test_front_door_answers_an_oversized_upload_with_a_client_error(db: str) -> None:
+    """200,000 'é' fit the upload schema (at most 1,000,000 characters) but not a 1 MiB
+    message: the answer must be a 4xx (413 or 422), never a server error."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(services.create_app(mq.Queue(db), services.ResultStore(db)),
+                        raise_server_exceptions=False)
+    body = {"name": "big.pdf", "content": "é" * 200_000}
+    assert len(json.dumps(body).encode("utf-8")) > MiB  # too big once it is a message
+    assert client.post("/uploads", json={"name": "ok.pdf", "content": "a" * 1_000_000}
+                       ).status_code == 202
+    assert client.post("/uploads", json=body).status_code in (413, 422)
+    assert len(stored(db, "jobs")) == 1
 
 
 def test_sync_endpoint_limits_and_async_accepts_everything(db: str) -> None:
@@ -1030,7 +1070,7 @@ def test_checker_rejects_bad_settings_without_running(changes: dict, row: str,
     result = checks.check_exercise(lambda: dataclasses.replace(key.my_pipeline(), **changes))
     assert not result.passed and not rows(result.checks)[row].passed
     assert "all uploads accepted" not in rows(result.checks)  # nothing ran
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 5
 
 
 def test_checker_fails_a_naive_worker_with_good_settings(progress: Path) -> None:
@@ -1054,8 +1094,8 @@ def test_checker_hints_match_a_long_visibility_timeout(progress: Path) -> None:
     small = checks.Scenario(uploads=100, processing_time=0.1)  # a 0.5 s ideal drain
     config = dataclasses.replace(key.my_pipeline(), visibility_timeout=30.0)
     found = rows(checks._checks(lambda: config, small))
-    once, dlq = found["every good document's effect exactly once"], found[
-        "both poison documents in the DLQ"]
+    once = found["every good document's effect exactly once"]
+    dlq = found["both poison documents in the DLQ"]
     assert not once.passed and not dlq.passed
     assert "; 0 more than once;" in once.found
     assert "uplicate" not in once.hint and "still in the queue" in once.hint

@@ -51,10 +51,16 @@ def _bench_once(db_path: str, threads: int, n_messages: int) -> dict[str, float]
         q.close()
 
     total = per * threads
-    return {"threads": threads,
-            "send_per_s": total / _timed_threads(sender, threads),
-            "receive_per_s": total / _timed_threads(receiver, threads),
-            "delete_per_s": total / _timed_threads(deleter, threads)}
+    row = {"threads": threads,
+           "send_per_s": total / _timed_threads(sender, threads),
+           "receive_per_s": total / _timed_threads(receiver, threads),
+           "delete_per_s": total / _timed_threads(deleter, threads)}
+    # DeleteMessage answers nothing (a stale handle also succeeds): count what is left
+    left = len(q)
+    q.close()
+    if left:
+        raise RuntimeError(f"{left} messages left after deleting every handle received")
+    return row
 
 
 def bench(n_messages: int = 2000, worker_counts: tuple[int, ...] = (1, 4)) -> list[dict]:

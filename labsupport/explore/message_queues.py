@@ -1,5 +1,6 @@
 """Explore and measure for ``03_message_queues.ipynb``: the queue in simulated time, the
-widget's figure and callback, and Little's law on a real run.
+widget's figure and callback, and Little's law on a :func:`run_pipeline` run (the real
+queue and workers on the simulated clock; its times are simulated seconds).
 
 :func:`simulate` runs the same queue semantics as ``labsupport.message_queues.Queue``
 (visibility timeout, stale receipt handles, redrive to a DLQ) as an event simulation,
@@ -18,12 +19,13 @@ import plotly.graph_objects as go
 from labsupport import plots
 from labsupport.services.message_queues import RunResult
 
-# --- Little's law on a real run -------------------------------------------------------
+# --- Little's law on a pipeline run ---------------------------------------------------
 
 
 def littles_law(run: RunResult) -> dict[str, float]:
     """Check L = lambda W on a run that drained: L from the sampled depth, lambda and W
-    from each message's send and delete times, over the interval [0, drain]."""
+    from each message's send and delete times, over the interval [0, drain] (simulated
+    seconds)."""
     if run.drained_at is None or not run.completed_at:
         raise ValueError("Little's law needs a run that drained")
     span = run.drained_at
@@ -179,9 +181,10 @@ def update_depth_figure(fig: go.Figure, workers: int = 20, crash_rate: float = 0
 
 
 def real_depth_figure(run: RunResult, title: str | None = None) -> go.Figure:
-    """Queue depth sampled during a real :func:`run_pipeline`."""
-    fig = plots.figure(title or f"Real run: {run.n_docs} documents, {run.workers} workers",
-                       ("time since first send", "s"), ("messages", None))
+    """Queue depth sampled during a :func:`run_pipeline` (the real queue and workers,
+    on the simulated clock)."""
+    fig = plots.figure(title or f"Pipeline run: {run.n_docs} documents, {run.workers} workers",
+                       ("simulated time since first send", "s"), ("messages", None))
     t, visible, in_flight = run.depth.T
     fig.add_scatter(x=t, y=visible, mode="lines", name="visible (waiting)", line_shape="hv")
     fig.add_scatter(x=t, y=in_flight, mode="lines", name="in flight", line_shape="hv")

@@ -305,6 +305,9 @@ EXERCISES = [
                         lambda: _key_but(worker=fake_effect), "real call"),
             WrongAnswer("no dead-letter queue", "the poison documents come back for ever",
                         lambda: _key_but(max_receive_count=None), "poison"),
+            WrongAnswer("max_receive_count = 1", "no retry: a crash sends a good document to "
+                        "the DLQ, a false alarm", lambda: _key_but(max_receive_count=1),
+                        "only they"),
             WrongAnswer("visibility shorter than the work", "0.2 s under 0.25 s of work: "
                         "messages come back mid-work", lambda: _key_but(visibility_timeout=0.2),
                         "twice at once"),
