@@ -247,6 +247,9 @@ class Queue:
         self.retention_period = float(retention_period)  # seconds, counted from sent_at
         self.dead_letter_queue, self.max_receive_count = dead_letter_queue, max_receive_count
         self.db = Database(path, SCHEMA, synchronous)
+        if dead_letter_queue is not None and dead_letter_queue.db.path != self.db.path:
+            raise InvalidAttributeValue("the dead-letter queue must live in the same file: "
+                                        "a redrive moves the row, it cannot copy it elsewhere")
 
     def send(self, body: str | dict, delay_seconds: float = 0.0) -> str:
         """SendMessage: once this returns its id, the message survives a crash."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from labsupport import message_queues as mq
 from labsupport import servers
 from labsupport.message_queues import Queue
 from labsupport.services.message_queues_workers import (  # noqa: F401 - re-exported
@@ -247,7 +248,15 @@ def create_app(queue: Queue, store: ResultStore, *, processing_time: float = 0.1
         # hand each of 500 requests to a pool of 40 threads, which costs more than the
         # insert. A slow call (a remote database) would belong in that thread pool.
         job_id = uuid.uuid4().hex[:16]
-        queue.send(Document(job_id, doc.name, doc.content).to_json())
+        body = Document(job_id, doc.name, doc.content).to_json()
+        size = len(body.encode("utf-8", "surrogatepass"))  # SQS counts bytes
+        if size > mq.SQS_MESSAGE_MAX_BYTES:
+            raise HTTPException(413, f"{size:,} bytes as a message; SQS takes at most "
+                                     f"{mq.SQS_MESSAGE_MAX_BYTES:,}")
+        try:
+            queue.send(body)
+        except mq.SQSError as err:  # a character SQS refuses
+            raise HTTPException(422, str(err)) from None
         return {"job_id": job_id, "status_url": f"/jobs/{job_id}"}
 
     def job_status(job_id: str) -> dict[str, str]:

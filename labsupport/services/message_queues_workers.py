@@ -55,7 +55,8 @@ class Document:
         return self.content.startswith(CORRUPT_MARKER)
 
     def to_json(self) -> str:
-        return json.dumps({"doc_id": self.doc_id, "name": self.name, "content": self.content})
+        return json.dumps({"doc_id": self.doc_id, "name": self.name, "content": self.content},
+                          ensure_ascii=False)  # "é" is 2 bytes, not the 6 of "\\u00e9"
 
     @classmethod
     def from_json(cls, text: str) -> Document:
@@ -198,6 +199,8 @@ class VirtualTime:
         go = getattr(self._local, "go", None)
         if go is None:
             raise RuntimeError("VirtualTime.sleep called outside a simulated thread")
+        if self._stopping:  # the run is over (a turn given back after Hung, for one)
+            raise Stopped
         go.clear()
         heapq.heappush(self._wakeups, (self.now + max(0.0, seconds), next(self._order), go))
         self._turn_over.set()
