@@ -4,13 +4,13 @@ and whole pipeline runs (front door, queue, workers) for the demos and the check
 - :func:`create_app` / :func:`serve`: the upload API (``202 Accepted`` and a job id, job
   status, and a synchronous endpoint for comparison) on 127.0.0.1 and a free port;
 - :func:`fire_requests`: 500 concurrent HTTP uploads, one connection each;
-- :func:`run_pipeline`: documents through a fresh queue and a :class:`WorkerPool`, for
-  real, with the queue depth sampled; :class:`PipelineConfig` is what the exercise asks
-  you to choose.
+- :func:`run_pipeline`: documents through a fresh queue and worker threads on a
+  simulated clock, with the queue depth sampled; :class:`PipelineConfig` is what the
+  exercise asks you to choose.
 
-The worker pool, the processing service and worker processes live in
-``labsupport.services.message_queues_workers`` (a worker process imports only that);
-their names are re-exported here. From the shell::
+Documents, the result store, the processing service, the simulated clock and worker
+processes live in ``labsupport.services.message_queues_workers`` (a worker process
+imports only that); their names are re-exported here. From the shell::
 
     python -m labsupport.services.message_queues --port 8000        # the front door
     python -m labsupport.services.message_queues_workers --db jobs.db  # one worker process
