@@ -102,7 +102,8 @@ COURSE: tuple[Exercise, ...] = (
     Exercise("07_vector_database_design", "Vector database design",
              "metadata filtering, namespace isolation, embedding consistency",
              "vector_database_design",
-             "Embeddings and top-k retrieval (05 RAG pipeline).", 15),
+             "Embeddings and top-k retrieval (05 RAG pipeline); numpy arrays; a Python "
+             "class.", 40, steps=4),
 )
 EXERCISE_IDS = frozenset(e.id for e in COURSE)  # the notebooks' ids = their scenarios' ids
 STEP_PREFIX, QUIZ = "step-", "quiz"

@@ -1,13 +1,14 @@
 """Backs ``07_vector_database_design.ipynb``: filtering, tenant isolation, embedding consistency.
 
-Two client companies (``data/tenants/``) share one retrieval system. The mechanism:
-exact top-k by brute-force cosine search and the ANN-Benchmarks recall of an approximate
-result against it; ``where`` filters and a brute-force evaluator of them (the reference
-Chroma is checked against); collections made with the course's embedding function (never
-Chroma's default, which downloads a model) that record their model, and a guard that
-refuses another; and :class:`TenantStore`, bound to one tenant when it is made, with no
-method that reads or writes outside it, in three designs: a shared collection with a
-tenant filter, a collection per tenant, a Chroma tenant and database per client.
+Two client companies (``data/tenants/``) share one retrieval system. The four steps you
+write in the notebook are, here: :func:`exact_top_k` (brute-force cosine search),
+:func:`recall_at_k` (ANN-Benchmarks' recall against it), :func:`dates_and_departments`
+(a ``where``; :func:`matches` is the brute-force evaluator Chroma is checked against), and
+:class:`TenantStore`, bound to one tenant when it is made, with no method that reads or
+writes outside it (a shared collection with a tenant filter, a collection per tenant, or
+a Chroma tenant and database per client). Collections use the course's embedding function
+(never Chroma's default, which downloads a model) and record what their embedder
+computes; :func:`check_embedder` refuses another.
 
 Where Chroma runs (embedded, or a server on loopback) is ``labsupport.services``; the
 measurements and figures are in ``labsupport.explore``, the checker in ``labsupport.checks``.
@@ -16,6 +17,7 @@ measurements and figures are in ``labsupport.explore``, the checker in ``labsupp
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -26,8 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT / "data" / "tenants"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tenants"
 TENANTS: tuple[str, ...] = ("northwind", "bluefin")
 
 # Chroma 1.5's HNSW defaults (populate_create_hnsw_defaults in
@@ -72,9 +73,15 @@ def load_documents(tenants: Sequence[str] = TENANTS, folder: Path = DATA_DIR) ->
 # --- embedders ------------------------------------------------------------------------
 
 
+PROBE_TEXT = "A fixed sentence, embedded to tell one embedding model from another."
+PROBE_COMPONENTS = 16  # of the probe vector, kept in a collection's metadata
+PROBE_TOLERANCE = 1e-3  # float noise between machines is ~1e-6; another model is ~0.1 off
+
+
 @dataclass(frozen=True)
 class Embedder:
-    """A named embedding space: vectors from two embedders with different names never mix."""
+    """An embedding space, known by what it computes: ``probe`` is its vector for
+    :data:`PROBE_TEXT`. Two embedders with the same name but other vectors differ."""
 
     name: str
     dimension: int
@@ -84,25 +91,40 @@ class Embedder:
         texts = [texts] if isinstance(texts, str) else list(texts)
         return _cached_encode(self, tuple(texts))
 
-    def as_metadata(self) -> dict[str, str | int]:
-        """The collection metadata that records this embedder."""
-        return {"embedding_model": self.name, "embedding_dimension": self.dimension}
+    @functools.cached_property
+    def probe(self) -> tuple[float, ...]:
+        """The first components of the vector for :data:`PROBE_TEXT`, rounded."""
+        vector = np.asarray(self.encode([PROBE_TEXT]), dtype=np.float64)[0]
+        return tuple(round(float(x), 6) for x in vector[:PROBE_COMPONENTS])
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short key for caches: the name and the probe at two decimals."""
+        rounded = ",".join(f"{x:.2f}" for x in self.probe)
+        return f"{self.name}/{self.dimension}/{hashlib.sha256(rounded.encode()).hexdigest()[:12]}"
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Collection metadata recording this embedder (the probe as text: not a list)."""
+        return {"embedding_model": self.name, "embedding_dimension": self.dimension,
+                "embedding_probe": ",".join(f"{x:.6f}" for x in self.probe)}
 
 
-_ENCODE_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (embedder name, text) -> vector
+_ENCODE_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (fingerprint, text) -> vector
 
 
 def _cached_encode(embedder: Embedder, texts: tuple[str, ...]) -> np.ndarray:
-    # Embedding 336 documents takes seconds on two cores: embed each text once per kernel.
-    todo = list(dict.fromkeys(t for t in texts if (embedder.name, t) not in _ENCODE_CACHE))
+    # Embedding 336 documents takes seconds on two cores: embed each text once per kernel,
+    # keyed by what the embedder computes, never by its name alone.
+    key = embedder.fingerprint
+    todo = list(dict.fromkeys(t for t in texts if (key, t) not in _ENCODE_CACHE))
     if todo:
         vectors = np.asarray(embedder.encode(todo), dtype=np.float32)
         if len(_ENCODE_CACHE) > 20000:
             _ENCODE_CACHE.clear()
-        _ENCODE_CACHE.update({(embedder.name, t): v for t, v in zip(todo, vectors, strict=True)})
+        _ENCODE_CACHE.update({(key, t): v for t, v in zip(todo, vectors, strict=True)})
     if not texts:
         return np.empty((0, embedder.dimension), dtype=np.float32)
-    return np.stack([_ENCODE_CACHE[(embedder.name, t)] for t in texts])
+    return np.stack([_ENCODE_CACHE[(key, t)] for t in texts])
 
 
 @functools.cache
@@ -111,8 +133,7 @@ def course_embedder() -> Embedder:
     from labsupport import embeddings
 
     identity = embeddings.identity()
-    # Batches of 16 texts, not 64: the same vectors, and the kernel's peak memory stays
-    # about 80 MB lower (fewer padded activations alive at once).
+    # Batches of 16, not 64: the same vectors, and a peak about 80 MB lower.
     encode = functools.partial(embeddings.embed, batch_size=16)
     return Embedder(identity.name, identity.dimension, encode)
 
@@ -194,25 +215,27 @@ def scope_where(tenant: str, where: dict[str, Any] | None = None) -> dict[str, A
     return {"$and": [clause, where]} if where else clause
 
 
-def date_range(start: str, end: str) -> dict[str, Any]:
-    """A ``where`` clause for ``start <= date < end`` (ISO dates, UTC) on ``timestamp``."""
+def dates_and_departments(start: str, end: str,
+                          departments: Sequence[str] | None = None) -> dict[str, Any]:
+    """A ``where`` for ``start <= date < end`` (ISO dates, UTC, on the ``timestamp``
+    seconds) and, if given, one of ``departments``: one top-level key, as Chroma needs."""
 
     def seconds(day: str) -> int:
         return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp())
 
-    return {"$and": [{"timestamp": {"$gte": seconds(start)}},
-                     {"timestamp": {"$lt": seconds(end)}}]}
+    clauses = [{"timestamp": {"$gte": seconds(start)}}, {"timestamp": {"$lt": seconds(end)}}]
+    if departments:
+        clauses.append({"department": {"$in": list(departments)}})
+    return {"$and": clauses}
 
 
 # --- Chroma: collections and the embedder guard --------------------------------------
 
 
 class Location(Protocol):
-    """Where Chroma runs: ``services.ChromaLocation`` (an embedded folder or a server URL)."""
+    """Where Chroma runs (``services.ChromaLocation``); ``client`` creates its tenant."""
 
     def client(self, tenant: str | None = None, database: str | None = None) -> Any: ...
-
-    def admin(self) -> Any: ...
 
 
 class EmbedderMismatchError(ValueError):
@@ -222,10 +245,7 @@ class EmbedderMismatchError(ValueError):
 def open_collection(client: Any, name: str, embedder: Embedder, *, space: str = "cosine",
                     hnsw: dict[str, int] | None = None) -> Any:
     """Get or create collection ``name`` recording ``embedder``; refuse another embedder.
-
-    ``space`` and the other HNSW settings only apply when the collection is created:
-    ``get_or_create_collection`` returns an existing collection unchanged.
-    """
+    ``space`` and ``hnsw`` apply only when it is created (an existing one is unchanged)."""
     from labsupport.embeddings import chroma_embedding_function
 
     collection = client.get_or_create_collection(
@@ -237,29 +257,50 @@ def open_collection(client: Any, name: str, embedder: Embedder, *, space: str = 
 
 
 def check_embedder(collection: Any, embedder: Embedder) -> None:
-    """Raise EmbedderMismatchError unless ``collection`` was built with ``embedder``."""
+    """Raise EmbedderMismatchError unless ``collection`` was built with an embedder that
+    has ``embedder``'s name and dimension and computes the same probe vector."""
     meta = collection.metadata or {}
     recorded = (meta.get("embedding_model"), meta.get("embedding_dimension"))
+    probe = [float(x) for x in str(meta.get("embedding_probe") or "").split(",") if x]
     if recorded != (embedder.name, embedder.dimension):
-        raise EmbedderMismatchError(
-            f"collection {collection.name!r} holds vectors of {recorded[0]!r} "
-            f"({recorded[1]} dimensions); this request uses {embedder.name!r} "
-            f"({embedder.dimension} dimensions). Vectors of different models are not "
-            "comparable: re-embed the collection, or use the embedder it was built with.")
+        problem = (f"holds vectors of {recorded[0]!r} ({recorded[1]} dimensions); this "
+                   f"request uses {embedder.name!r} ({embedder.dimension} dimensions)")
+    elif len(probe) != len(embedder.probe) or max(
+            abs(a - b) for a, b in zip(probe, embedder.probe, strict=True)) > PROBE_TOLERANCE:
+        problem = (f"was built by a {recorded[0]!r} whose vectors differ from this one's "
+                   "(the probe sentence embeds differently): same name, another space")
+    else:
+        return
+    raise EmbedderMismatchError(
+        f"collection {collection.name!r} {problem}. Vectors of different models are not "
+        "comparable: re-embed the collection, or use the embedder it was built with.")
 
 
 # --- the tenant-scoped store ----------------------------------------------------------
 
 DESIGNS = ("shared", "collection", "database")
-_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,40}[a-z0-9]$")
+_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{1,40}[a-z0-9]")
 
 
 class TenantScopeError(PermissionError):
     """A read or write tried to leave the store's tenant."""
 
 
+class TenantNameError(ValueError):
+    """A tenant id that is not 3-42 characters of [a-z0-9_-]; the message names it."""
+
+
+def check_tenant(tenant: Any) -> str:
+    """``tenant`` if it is a valid tenant id, else TenantNameError naming it. A full
+    match: "northwind\\n" and "Northwind" are refused, not normalised."""
+    if type(tenant) is not str or not _TENANT_NAME.fullmatch(tenant):
+        raise TenantNameError(f"tenant {tenant!r:.60}: use 3-42 characters from [a-z0-9_-], "
+                              "starting and ending with a letter or digit")
+    return tenant
+
+
 @dataclass(frozen=True)
-class Hit:
+class Hit:  # one search result
     id: str  # the document id, as the client knows it
     tenant: str
     distance: float
@@ -273,26 +314,19 @@ def _hit(key: str, meta: dict[str, Any], text: str, distance: float = 0.0) -> Hi
 
 
 class TenantStore:
-    """A document store bound to one tenant when it is made.
-
-    Every read and write is scoped to ``tenant``; there is no method without the scope:
-
-    * ``design="shared"``: one collection for all tenants, every query filtered on the
-      ``tenant`` metadata and every id prefixed with the tenant;
-    * ``design="collection"``: one collection per tenant (the filter stays: a second lock);
-    * ``design="database"``: a Chroma tenant and database per client, so the client
-      object itself cannot see another client's collections.
-    """
+    """A document store bound to one tenant when it is made: every read and write is
+    scoped to ``tenant``, and no method goes without the scope. ``design``: "shared" (one
+    collection, a tenant filter and tenant-prefixed ids), "collection" (one per tenant; the
+    filter stays, a second lock) or "database" (a Chroma tenant and database per client)."""
 
     def __init__(self, location: Location, tenant: str, embedder: Embedder, *,
                  design: str = "shared", name: str = "docs") -> None:
-        if not _TENANT_NAME.match(tenant):
-            raise ValueError(f"tenant {tenant!r}: use 3-42 characters from [a-z0-9_-]")
+        check_tenant(tenant)
         if design not in DESIGNS:
             raise ValueError(f"design {design!r}: choose one of {DESIGNS}")
-        self._tenant, self._embedder, self._design = tenant, embedder, design
+        self._tenant, self._embedder = tenant, embedder
         if design == "database":
-            client = _client_for_chroma_tenant(location, f"client-{tenant}", name)
+            client = location.client(tenant=f"client-{tenant}", database=name)
             collection_name = name + "-all"
         else:
             client = location.client()
@@ -302,10 +336,6 @@ class TenantStore:
     @property
     def tenant(self) -> str:
         return self._tenant
-
-    @property
-    def design(self) -> str:
-        return self._design
 
     @property
     def collection_name(self) -> str:
@@ -338,8 +368,6 @@ class TenantStore:
                      where: dict[str, Any] | None = None, *, embedder: Embedder) -> list[Hit]:
         """Like :meth:`query` for a vector made by ``embedder`` (refused if it is not ours)."""
         check_embedder(self._collection, embedder)
-        if embedder != self._embedder:
-            raise EmbedderMismatchError(f"this store embeds with {self._embedder.name!r}")
         if len(vector) != embedder.dimension:
             raise EmbedderMismatchError(f"vector has {len(vector)} components, "
                                         f"{embedder.name!r} makes {embedder.dimension}")
@@ -370,31 +398,3 @@ class TenantStore:
     def count(self) -> int:
         """How many documents this tenant has."""
         return len(self._collection.get(where=scope_where(self._tenant), include=[])["ids"])
-
-
-def _client_for_chroma_tenant(location: Location, chroma_tenant: str, database: str) -> Any:
-    """A client bound to a Chroma tenant and database, created on first use."""
-    from chromadb.errors import NotFoundError
-
-    admin = location.admin()
-    try:
-        admin.get_tenant(chroma_tenant)
-    except (NotFoundError, ValueError):
-        admin.create_tenant(chroma_tenant)
-    try:
-        admin.get_database(database, tenant=chroma_tenant)
-    except (NotFoundError, ValueError):
-        admin.create_database(database, tenant=chroma_tenant)
-    return location.client(tenant=chroma_tenant, database=database)
-
-
-def load_tenant_stores(location: Location, design: str, docs: Sequence[Document] | None = None,
-                       embedder: Embedder | None = None) -> dict[str, TenantStore]:
-    """One store per tenant, filled with its documents (upsert: safe to call again)."""
-    docs = list(docs if docs is not None else load_documents())
-    embedder = embedder or course_embedder()
-    stores = {}
-    for tenant in sorted({d.tenant for d in docs}):
-        stores[tenant] = TenantStore(location, tenant, embedder, design=design)
-        stores[tenant].add([d for d in docs if d.tenant == tenant])
-    return stores

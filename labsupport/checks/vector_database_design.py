@@ -26,16 +26,18 @@ from typing import Any
 import numpy as np
 
 from labsupport import exercises as ex
+from labsupport import quiz as qz
 from labsupport import vector_database_design as vdb
+from labsupport.checks import vector_database_design_steps as steps
 from labsupport.explore import vector_database_design as explore
 from labsupport.services import vector_database_design as services
 
 EXERCISE_ID = "07_vector_database_design"
 SEED = 2024  # the hidden queries' seed
-N_TEXT, N_VECTOR = 200, 850  # isolation: questions, and vectors next to the other tenant
+N_TEXT, N_VECTOR = 200, 400  # isolation: questions, and vectors next to the other tenant
 N_RANGES = 24  # date ranges compared with exact search
 K_RECALL = 5
-GUARD_ROW = "a query with a mismatched embedder is refused"
+GUARD_ROW = "queries with a mismatched embedder are refused"
 
 COMPANY_TERMS = {  # what an adversarial query names: the company, its products, its people
     "northwind": ["Northwind Logistics", "RouteWise", "DockHub", "FleetPulse", "NorthwindID",
@@ -65,12 +67,13 @@ class ExerciseScenario:
     vectors: np.ndarray
     embedder: vdb.Embedder  # the one the collections were built with
     wrong_embedder: vdb.Embedder  # same dimension, another vector space: must be refused
+    impostor: vdb.Embedder  # the same name and dimension, another vector space
     shared: Any  # all tenants, ids as in the files
     dedicated: dict[str, Any]  # one collection per tenant
 
 
 def build_scenario(embedder: vdb.Embedder, wrong_embedder: vdb.Embedder,
-                   location: services.ChromaLocation | None = None,
+                   impostor: vdb.Embedder, location: services.ChromaLocation | None = None,
                    docs: Sequence[vdb.Document] | None = None) -> ExerciseScenario:
     """The shared collection and a dedicated one per tenant, built with ``embedder``."""
     docs = list(docs if docs is not None else vdb.load_documents())
@@ -82,7 +85,7 @@ def build_scenario(embedder: vdb.Embedder, wrong_embedder: vdb.Embedder,
                  for t in vdb.TENANTS}
     vectors = embedder([d.title + ". " + d.text for d in docs])
     return ExerciseScenario(docs, {d.id: d for d in docs}, vectors, embedder, wrong_embedder,
-                            shared, dedicated)
+                            impostor, shared, dedicated)
 
 
 _SCENARIO: dict[str, ExerciseScenario] = {}
@@ -91,14 +94,29 @@ _SCENARIO: dict[str, ExerciseScenario] = {}
 def course_scenario() -> ExerciseScenario:
     """The course model's scenario, built once per process."""
     if "course" not in _SCENARIO:
-        _SCENARIO["course"] = build_scenario(vdb.course_embedder(), explore.cls_pooling_embedder())
+        explore.load_seed(vdb.course_embedder())  # the documents' vectors, shipped
+        _SCENARIO["course"] = build_scenario(vdb.course_embedder(), explore.cls_pooling_embedder(),
+                                             explore.impostor_embedder())
     return _SCENARIO["course"]
 
 
-def _random_where(rng: random.Random, docs: Sequence[vdb.Document]) -> dict[str, Any] | None:
-    """A random extra filter the learner's function must respect (or none)."""
-    kind = rng.choice(["none", "none", "department", "access", "dates", "combo"])
+def _random_where(rng: random.Random, docs: Sequence[vdb.Document],
+                  tenant: str) -> dict[str, Any] | None:
+    """A random extra filter the learner's function must respect (or none). One in three
+    tries to leave the tenant: it names the other tenant, with $ne, $in, $or or a nested
+    $and; a few are malformed (two top-level keys), which may be refused."""
+    other = next(t for t in vdb.TENANTS if t != tenant)
     depts = sorted({d.department for d in docs})
+    kind = rng.choice(["none", "none", "department", "access", "dates", "combo", "escape",
+                       "escape", "escape", "malformed"])
+    if kind == "escape":
+        return rng.choice([{"tenant": other}, {"tenant": {"$eq": other}},
+                           {"tenant": {"$ne": tenant}}, {"tenant": {"$in": [tenant, other]}},
+                           {"$or": [{"tenant": other}, {"department": {"$in": depts}}]},
+                           {"$and": [{"tenant": other}, {"timestamp": {"$gte": 0}}]}])
+    if kind == "malformed":
+        return rng.choice([{"tenant": other, "department": depts[0]},
+                           {"department": {"$in": depts}, "tenant": {"$ne": tenant}}])
     if kind == "department":
         return {"department": {"$in": rng.sample(depts, rng.randint(1, 3))}}
     if kind == "access":
@@ -158,9 +176,16 @@ def check_isolation(answer: QueryFunction, *, seed: int = SEED,
         v = s.vectors[i] + nprng.standard_normal(s.vectors.shape[1]).astype(np.float32) * 0.02
         cases.append((tenant, f"(vector next to {s.docs[i].id})", v / np.linalg.norm(v)))
     leaked_queries, leaked_docs, example = 0, 0, ""
+    refused = 0
     for tenant, text, vector in cases:
-        where = _random_where(rng, s.docs)
-        ids = _call(answer, s, tenant, vector, rng.choice([3, 5, 10]), where)
+        where = _random_where(rng, s.docs, tenant)
+        try:
+            ids = _call(answer, s, tenant, vector, rng.choice([3, 5, 10]), where)
+        except Exception:  # refusing a filter that tries to leave the tenant is fine
+            if where is None or "tenant" not in str(where):
+                raise
+            refused += 1
+            continue
         bad = [i for i in ids if i not in s.by_id or s.by_id[i].tenant != tenant]
         if bad:
             leaked_queries += 1
@@ -172,9 +197,11 @@ def check_isolation(answer: QueryFunction, *, seed: int = SEED,
     return ex.Check(
         f"zero cross-tenant results over {len(cases)} random queries", leaked_queries == 0,
         "0 queries returning another tenant's document",
-        f"{leaked_queries} of {len(cases)} queries leaked {leaked_docs} documents{example}",
+        f"{leaked_queries} of {len(cases)} queries leaked {leaked_docs} documents{example}"
+        + (f" ({refused} filters naming a tenant refused)" if refused else ""),
         hint="Every query must carry the tenant filter, combined with the caller's own "
-             "filter in an $and. Never trust the question text to pick the tenant.")
+             "filter in an $and, so the caller's clause can narrow the scope but never "
+             "widen it. Never trust the question text to pick the tenant.")
 
 
 def check_date_ranges(answer: QueryFunction, *, seed: int = SEED,
@@ -249,22 +276,28 @@ def check_recall(answer: QueryFunction, *, scenario: ExerciseScenario | None = N
 
 def check_embedder_guard(answer: QueryFunction, *,
                          scenario: ExerciseScenario | None = None) -> ex.Check:
-    """Row 4: a vector of another embedder (same length, another space) is refused."""
+    """Row 4: vectors of two wrong embedders are refused with the course's error: CLS
+    pooling under its own name, and CLS pooling under the course model's name."""
     s = scenario or course_scenario()
-    wrong = s.wrong_embedder
-    vector = wrong("How do I reset my password?")[0]
-    try:
-        ids = _call(answer, s, vdb.TENANTS[0], vector, 5, None, embedder=wrong)
-    except Exception as exc:  # refusing is the right answer here
-        return ex.Check(GUARD_ROW, True,
-                        "an exception naming the mismatch", f"{type(exc).__name__}: {exc}"[:160])
+    missed = []
+    for wrong in (s.wrong_embedder, s.impostor):
+        vector = wrong("How do I reset my password?")[0]
+        label = f"{wrong.name!r}" + (" (the collection's name, other vectors)"
+                                     if wrong.name == s.embedder.name else "")
+        try:
+            ids = _call(answer, s, vdb.TENANTS[0], vector, 5, None, embedder=wrong)
+        except vdb.EmbedderMismatchError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - another error is not the guard
+            missed.append(f"{label}: {type(exc).__name__}: {exc}"[:160])
+            continue
+        missed.append(f"{label}: returned {len(ids)} results")
     return ex.Check(
-        GUARD_ROW, False,
-        "an exception naming the mismatch",
-        f"returned {len(ids)} results for a {wrong.name} vector on a collection built with "
-        f"{(s.shared.metadata or {}).get('embedding_model')}",
-        hint="Compare embedder.name and embedder.dimension with the collection's metadata "
-             "(embedding_model, embedding_dimension) and raise when they differ.")
+        GUARD_ROW, not missed, "vdb.EmbedderMismatchError for both", "; ".join(missed)
+        or "both refused",
+        hint="Call vdb.check_embedder(collection, embedder): it compares the name, the "
+             "dimension and the probe vector recorded in the collection's metadata. A name "
+             "alone does not say what a model computes.")
 
 
 def _checks(answer: Any, scenario: ExerciseScenario | None = None) -> Iterator[ex.Check]:
@@ -291,8 +324,8 @@ def _checks(answer: Any, scenario: ExerciseScenario | None = None) -> Iterator[e
         reproduce="checks.check_recall(my_answer)")
     yield ex.judge(
         GUARD_ROW, lambda: check_embedder_guard(answer, scenario=s),
-        case="a CLS-pooling vector of “How do I reset my password?” (384 dimensions, "
-             "another space)",
+        case="CLS-pooling vectors of “How do I reset my password?” (384 dimensions, another "
+             "space), one under the course model's own name",
         reproduce="checks.check_embedder_guard(my_answer)")
 
 
@@ -303,3 +336,77 @@ def check_exercise(answer: Any, *, solution_mode: bool = False,
     (``scenario``: another embedder's, for tests; default the course model's)."""
     return ex.run_checks(EXERCISE_ID, functools.partial(_checks, scenario=scenario), answer,
                          solution_mode=solution_mode)
+
+
+# --- the steps and the review quiz ------------------------------------------------------------
+
+STEP_CHECKS = {1: steps.step_1_checks, 2: steps.step_2_checks, 3: steps.step_3_checks,
+               4: steps.step_4_checks}
+
+
+def check_step(n: int, answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Check "Your turn" step ``n`` (1: exact top-k, 2: recall@k, 3: a where, 4: a store
+    bound to one tenant)."""
+    return ex.run_checks(ex.step_id(EXERCISE_ID, n), STEP_CHECKS[n], answer,
+                         solution_mode=solution_mode)
+
+
+QUIZ = qz.Quiz(EXERCISE_ID, {
+    "post-filter": qz.Choice(
+        "A query asks the shared collection for its top 5 and then drops the other tenant's "
+        "results. What goes wrong?",
+        ("Nothing: the other tenant's documents are gone from the answer",
+         "Fewer than 5 results come back, sometimes none, and the tenant's own nearest "
+         "documents can be missing: filter before (inside) the search, not after it",
+         "It leaks the other tenant's documents", "It is only slower"),
+        1, "The global top 5 is computed over everyone's documents; dropping the foreign ones "
+           "afterwards leaves holes that the tenant's next-nearest documents should have "
+           "filled. The Explore panel shows it: post-filtering returns a handful, often zero."),
+    "caller-where": qz.Choice(
+        "The query layer builds its filter as {\"tenant\": tenant, **caller_where}. What "
+        "happens when a caller passes {\"tenant\": \"bluefin\"}, and when a caller passes "
+        "{\"$or\": [...]}?",
+        ("Both work as intended", "Chroma rejects both",
+         "The first leaks Bluefin's documents (the caller's key replaces yours in the merge); "
+         "the second is rejected (two top-level keys). Use {\"$and\": [tenant clause, "
+         "caller_where]}",
+         "The first is rejected, the second leaks"),
+        2, "A dict merge lets the last key win, and Chroma wants exactly one top-level key per "
+           "filter. An $and of the tenant clause and the caller's clause can only narrow the "
+           "scope, whatever the caller writes."),
+    "name-guard": qz.Choice(
+        "A collection records embedding_model = all-MiniLM-L6-v2. A new deploy embeds the "
+        "queries with a build of the same name that pools the [CLS] token instead of the "
+        "mean. A guard that compares model names…",
+        ("refuses it", "lets it through: the vectors live in another space and retrieval "
+         "quietly degrades; compare what the model computes (its vector for a fixed probe "
+         "sentence) instead",
+         "does not matter: Chroma refuses a vector from another model",
+         "does not matter: both have 384 dimensions, so the results are the same"),
+        1, "Chroma checks only the length of a vector (and, since 1.0.12, an embedding "
+           "function's name). The notebook measures the damage on its documents: recall@5 "
+           "against the true neighbours falls to about 0.5 and a fifth of the results go "
+           "off-topic, with no error anywhere. A probe vector recorded at creation catches it."),
+    "recall-tie": qz.Numeric(
+        "The true 5 nearest distances are 0.10, 0.12, 0.15, 0.20 and 0.25. An index returns "
+        "0.10, 0.12, 0.15, 0.2505 and 0.31. What is the ANN-Benchmarks recall@5 (tie margin "
+        "0.001)?", 0.8, 0.001, "",
+        "The threshold is the true 5th distance plus the margin, 0.251. Four results are within "
+        "it (0.2505 counts as a tie with 0.25); 0.31 is not: 4 / 5 = 0.8."),
+    "per-tenant": qz.Choice(
+        "What does Pinecone's multitenancy guide recommend for isolating tenants in a "
+        "serverless index?",
+        ("A tenant_id metadata filter on one shared namespace",
+         "A separate index per tenant, always", "One namespace per tenant: a query scans "
+         "only that tenant's data, costs less, and a wrong filter value cannot cross tenants",
+         "Encrypting each tenant's vectors"),
+        2, "\"Design for multitenancy\": the most efficient way is a namespace per tenant; it "
+           "calls filtering a shared namespace by high-cardinality ids an anti-pattern (cost "
+           "scales with the whole namespace). Chroma's own guide recommends a collection per "
+           "user or organisation for multi-tenant requirements."),
+})
+
+
+def check_quiz(answers: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Judge the review quiz answered in code (question id -> option number or value)."""
+    return QUIZ.answer(answers, solution_mode=solution_mode)

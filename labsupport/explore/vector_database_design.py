@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,42 @@ TOPIC_QUESTIONS: dict[str, list[str]] = {
     "procurement": ["How do I buy software from a new vendor?", "Do I need a purchase order?"],
     "office": ["Can I bring a visitor to the office?", "How do I book a meeting room?"],
 }
+
+
+# --- shipped vectors: the documents and questions, embedded once --------------------------
+
+SEED_PATH = vdb.DATA_DIR / "embeddings_seed.npz"
+
+
+def _seed_texts() -> list[str]:
+    docs = vdb.load_documents()
+    return [d.title + ". " + d.text for d in docs] + [q for qs in TOPIC_QUESTIONS.values()
+                                                      for q in qs]
+
+
+def write_seed(path: Path = SEED_PATH) -> int:
+    """Embed the documents and topic questions with the course model and save them, with
+    the model's probe: ``python -c "from labsupport.explore import vector_database_design
+    as e; e.write_seed()"``."""
+    embedder, texts = vdb.course_embedder(), _seed_texts()
+    np.savez_compressed(path, texts=np.array(texts), vectors=embedder.encode(texts),
+                        probe=np.array(embedder.probe))
+    return len(texts)
+
+
+def load_seed(embedder: vdb.Embedder, path: Path = SEED_PATH) -> int:
+    """Put the shipped vectors in the embedder's cache (embedding 336 documents takes
+    about 4 s on two cores), if they were made by an embedder that computes what this one
+    does (its probe). Returns how many were loaded (0: not this model, or no file)."""
+    if not path.exists():
+        return 0
+    with np.load(path) as data:
+        probe, texts, vectors = data["probe"], [str(t) for t in data["texts"]], data["vectors"]
+    if len(probe) != len(embedder.probe) or np.abs(probe - embedder.probe).max() > vdb.PROBE_TOLERANCE:
+        return 0
+    key = embedder.fingerprint
+    vdb._ENCODE_CACHE.update({(key, t): v for t, v in zip(texts, vectors, strict=True)})
+    return len(texts)
 
 
 # --- meaning, not words; the careless shared collection -------------------------------
@@ -111,6 +148,14 @@ def cls_pooling_embedder() -> vdb.Embedder:
 
 
 @functools.cache
+def impostor_embedder() -> vdb.Embedder:
+    """CLS pooling under the course model's own name and dimension: a name-only guard
+    lets it through; a guard that compares what the embedders compute does not."""
+    base = vdb.course_embedder()
+    return vdb.Embedder(base.name, base.dimension, _cls_encode)
+
+
+@functools.cache
 def truncated_embedder(dimension: int = 256) -> vdb.Embedder:
     """The course model cut to its first ``dimension`` components: the wrong length."""
     base = vdb.course_embedder()
@@ -154,6 +199,21 @@ def pooling_collapse(docs: Sequence[vdb.Document], k: int = 5) -> dict[str, floa
 # --- index versus scan: the ef_search sweep -------------------------------------------
 
 
+DOCSTRINGS = vdb.DATA_DIR.parent / "docstrings"  # real text and its MiniLM vectors
+
+
+def docstring_vectors() -> tuple[list[str], np.ndarray]:
+    """5,000 paragraphs of the standard library's docstrings and their all-MiniLM-L6-v2
+    vectors (unit length, shipped as float16; ``data/docstrings/build.py`` made them)."""
+    import json
+
+    with (DOCSTRINGS / "texts.jsonl").open() as handle:
+        texts = [json.loads(line)["text"] for line in handle if line.strip()]
+    with np.load(DOCSTRINGS / "minilm.npz") as data:
+        vectors = data["vectors"].astype(np.float32)
+    return texts, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
 def clustered_vectors(n: int, dimension: int = 384, clusters: int = 50,
                       spread: float = 0.35, seed: int = 0) -> np.ndarray:
     """``n`` unit vectors around ``clusters`` random centres: a stand-in for a large corpus
@@ -166,10 +226,19 @@ def clustered_vectors(n: int, dimension: int = 384, clusters: int = 50,
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
+def random_unit_vectors(n: int, dimension: int = 384, seed: int = 0) -> np.ndarray:
+    """``n`` random directions in ``dimension`` dimensions: no structure at all, the
+    hardest data for a graph index (every vector is about as far as any other)."""
+    vectors = np.random.default_rng(seed).standard_normal((n, dimension))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
 def fill_vector_collection(client: Any, name: str, vectors: np.ndarray,
                            hnsw: dict[str, int] | None = None) -> Any:
     """A cosine collection of bare vectors (ids ``v0``…), created once per name."""
-    embedder = vdb.Embedder(f"synthetic-{vectors.shape[1]}d", vectors.shape[1], lambda t: None)
+    dim = vectors.shape[1]
+    embedder = vdb.Embedder(f"vectors-{dim}d", dim,  # records the space: stored vectors only
+                            lambda texts: np.full((len(texts), dim), dim ** -0.5))
     collection = vdb.open_collection(client, name, embedder, hnsw=hnsw)
     if collection.count() != len(vectors):
         batch = 500  # rows a write: small writes keep the kernel's peak memory ~40 MB lower
@@ -380,3 +449,16 @@ def filter_explorer_figure() -> Any:
     fig.update_layout(barmode="group")
     return plots.figure_widget(fig)
 
+
+
+def load_tenant_stores(location: vdb.Location, design: str,
+                       docs: Sequence[vdb.Document] | None = None,
+                       embedder: vdb.Embedder | None = None) -> dict[str, vdb.TenantStore]:
+    """One store per tenant, filled with its documents (upsert: safe to call again)."""
+    docs = list(docs if docs is not None else vdb.load_documents())
+    embedder = embedder or vdb.course_embedder()
+    stores = {}
+    for tenant in sorted({d.tenant for d in docs}):
+        stores[tenant] = vdb.TenantStore(location, tenant, embedder, design=design)
+        stores[tenant].add([d for d in docs if d.tenant == tenant])
+    return stores

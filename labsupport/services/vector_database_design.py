@@ -49,10 +49,13 @@ class ChromaLocation:
     url: str | None = None
 
     def client(self, tenant: str | None = None, database: str | None = None) -> Any:
+        """A client bound to a Chroma tenant and database, both created on first use."""
         import chromadb
         from chromadb.config import DEFAULT_DATABASE, DEFAULT_TENANT
 
         tenant, database = tenant or DEFAULT_TENANT, database or DEFAULT_DATABASE
+        if (tenant, database) != (DEFAULT_TENANT, DEFAULT_DATABASE):
+            self._create(tenant, database)
         if self.url:
             from urllib.parse import urlparse
 
@@ -63,6 +66,19 @@ class ChromaLocation:
                                        database=database)
         return chromadb.PersistentClient(path=self.path, settings=chroma_settings(),
                                          tenant=tenant, database=database)
+
+    def _create(self, tenant: str, database: str) -> None:
+        from chromadb.errors import NotFoundError
+
+        admin = self.admin()
+        try:
+            admin.get_tenant(tenant)
+        except (NotFoundError, ValueError):
+            admin.create_tenant(tenant)
+        try:
+            admin.get_database(database, tenant=tenant)
+        except (NotFoundError, ValueError):
+            admin.create_database(database, tenant=tenant)
 
     def admin(self) -> Any:
         """An AdminClient, which creates Chroma tenants and databases."""
