@@ -99,8 +99,8 @@ class Embedder:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """A short key for caches: the name and the probe at two decimals."""
-        rounded = ",".join(f"{x:.2f}" for x in self.probe)
+        """A short key for caches: the name and the probe (any difference: another key)."""
+        rounded = ",".join(f"{x:.6f}" for x in self.probe)
         return f"{self.name}/{self.dimension}/{hashlib.sha256(rounded.encode()).hexdigest()[:12]}"
 
     def as_metadata(self) -> dict[str, Any]:

@@ -6,13 +6,18 @@ plain Python predicate for filters, Chroma's own answers for the store. Most tes
 a small hash embedder so they run without the 0.8 GB model.
 """
 
+import ast
+import calendar
 import hashlib
 import json
+import os
 import random
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +26,10 @@ from labsupport import vector_database_design as vdb
 from labsupport.checks import vector_database_design as checks
 from labsupport.explore import vector_database_design as explore
 from labsupport.services import vector_database_design as services
+from labsupport.solutions import vector_database_design as answer_key
 
 DOCS = vdb.load_documents()
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "07_vector_database_design.ipynb"
 
 
 def _hash_encode(texts: list[str]) -> np.ndarray:
@@ -34,8 +41,13 @@ def _hash_encode(texts: list[str]) -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
+def _salted_encode(texts: list[str]) -> np.ndarray:
+    return _hash_encode(["salt:" + t for t in texts])
+
+
 FAKE = vdb.Embedder("test-hash-32", 32, _hash_encode)
-OTHER = vdb.Embedder("test-hash-32-other", 32, _hash_encode)
+OTHER = vdb.Embedder("test-hash-32-other", 32, _hash_encode)  # another name, same vectors
+IMPOSTOR = vdb.Embedder(FAKE.name, FAKE.dimension, _salted_encode)  # FAKE's name, other vectors
 
 
 # --- the data set ---------------------------------------------------------------------
@@ -116,6 +128,74 @@ def _random_where(rng: random.Random):
     return rng.choice(options)
 
 
+def _utc_seconds(day: str) -> int:
+    return calendar.timegm(date.fromisoformat(day).timetuple())  # not datetime's tz handling
+
+
+DATE_CASES = [("2024-03-01", "2024-04-01", ["Finance", "HR"]),
+              ("2023-12-31", "2024-01-01", None),  # one day, across the year's end
+              ("2024-02-28", "2024-03-01", ["IT"]),  # a leap day
+              ("2024-01-01", "2024-07-01", ["IT", "Security", "Engineering"])]
+
+
+def _boundary_records(start: str, end: str, rng: random.Random) -> list[dict]:
+    lo, hi = _utc_seconds(start), _utc_seconds(end)
+    stamps = [lo - 1, lo, lo + 1, hi - 1, hi, hi + 1, lo - 5 * 3600, hi - 5 * 3600,
+              lo + 5 * 3600, hi + 5 * 3600]  # New York's offset either side
+    stamps += [rng.randint(lo - 30 * 86400, hi + 30 * 86400) for _ in range(60)]
+    departments = ["IT", "Finance", "HR", "Operations", "Security", "Engineering"]
+    return [{"timestamp": t, "department": departments[i % 6]} for i, t in enumerate(stamps)]
+
+
+@pytest.mark.parametrize(("start", "end", "departments"), DATE_CASES)
+def test_dates_and_departments_keeps_what_a_brute_force_filter_keeps(location, start, end,
+                                                                     departments):
+    from chromadb.api.types import validate_where
+
+    where = vdb.dates_and_departments(start, end, departments)
+    validate_where(where)  # Chroma accepts it: one top-level key
+    assert len(where) == 1
+    lo, hi = _utc_seconds(start), _utc_seconds(end)
+    records = _boundary_records(start, end, random.Random(start))
+
+    def keep(r):
+        return lo <= r["timestamp"] < hi and (departments is None or r["department"] in departments)
+
+    assert [vdb.matches(r, where) for r in records] == [keep(r) for r in records]
+    assert vdb.matches({"timestamp": lo, "department": (departments or ["HR"])[0]}, where)
+    assert not vdb.matches({"timestamp": hi, "department": (departments or ["HR"])[0]}, where)
+    # the documents' own ISO dates (UTC) compared as strings
+    by_date = [start <= d.date < end and (departments is None or d.department in departments)
+               for d in DOCS]
+    assert list(vdb.filter_mask(DOCS, where)) == by_date
+    # and Chroma keeps the same records
+    collection = location.client().get_or_create_collection(
+        f"test-dates-{start}-{end}", embedding_function=None)
+    collection.upsert(ids=[f"r{i}" for i in range(len(records))],
+                      embeddings=[[1.0, 0.0]] * len(records), metadatas=records)
+    got = set(collection.get(where=where, include=[])["ids"])
+    assert got == {f"r{i}" for i, r in enumerate(records) if keep(r)}
+
+
+def test_dates_and_departments_is_the_same_in_new_york():
+    utc = [vdb.dates_and_departments(*case) for case in DATE_CASES]
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        start = DATE_CASES[0][0]
+        # the switch took: local midnight is not UTC midnight here
+        assert int(datetime.fromisoformat(start).timestamp()) == _utc_seconds(start) + 5 * 3600
+        in_new_york = [vdb.dates_and_departments(*case) for case in DATE_CASES]
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+    assert in_new_york == utc
+
+
 @pytest.fixture(scope="module")
 def location(tmp_path_factory):
     return services.ChromaLocation(path=str(tmp_path_factory.mktemp("chroma")))
@@ -153,8 +233,8 @@ def test_filtered_query_equals_exact_search_over_the_filtered_documents(shared):
 
 @pytest.mark.parametrize("design", vdb.DESIGNS)
 def test_isolation_property_no_read_leaves_the_tenant(location, design):
-    stores = vdb.load_tenant_stores(location, design, DOCS, FAKE)
-    rng = random.Random(hash(design) % 1000)
+    stores = explore.load_tenant_stores(location, design, DOCS, FAKE)
+    rng = random.Random(design)  # a str seed: the same queries in every process
     vectors = FAKE([d.title + ". " + d.text for d in DOCS])
     for _ in range(60):
         tenant = rng.choice(vdb.TENANTS)
@@ -168,7 +248,7 @@ def test_isolation_property_no_read_leaves_the_tenant(location, design):
 
 
 def test_a_store_refuses_writes_and_reads_outside_its_tenant(location):
-    stores = vdb.load_tenant_stores(location, "shared", DOCS, FAKE)
+    stores = explore.load_tenant_stores(location, "shared", DOCS, FAKE)
     north, blue = stores["northwind"], stores["bluefin"]
     blue_doc = next(d for d in DOCS if d.tenant == "bluefin")
     with pytest.raises(vdb.TenantScopeError):
@@ -177,8 +257,44 @@ def test_a_store_refuses_writes_and_reads_outside_its_tenant(location):
     north.delete([blue_doc.id])  # deletes nothing of bluefin's
     assert len(blue.get([blue_doc.id])) == 1
     assert not any(callable(getattr(north, n, None)) for n in ("query_all", "raw_query"))
-    with pytest.raises(ValueError):
+    with pytest.raises(vdb.TenantNameError):
         vdb.TenantStore(location, "", FAKE)
+
+
+@pytest.mark.parametrize("bad", ["northwind\n", "Northwind", " northwind", "no", "a" * 43,
+                                 {"$ne": "northwind"}, None, "", "north wind", "-northwind",
+                                 "northwind_", "bluefin/x"])
+def test_check_tenant_refuses_and_names_a_bad_tenant(bad):
+    with pytest.raises(vdb.TenantNameError) as caught:
+        vdb.check_tenant(bad)
+    assert isinstance(caught.value, ValueError)
+    assert repr(bad) in str(caught.value)
+
+
+@pytest.mark.parametrize("good", ["northwind", "client-7", "a_b", "abc", "a" * 42, "7x7"])
+def test_check_tenant_accepts_and_returns_a_good_tenant(good):
+    assert vdb.check_tenant(good) == good
+
+
+def _is_tenant_id(value) -> bool:
+    """The rule, written without a regular expression."""
+    inner = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+    edge = inner - {"_", "-"}
+    return (type(value) is str and 3 <= len(value) <= 42 and set(value) <= inner
+            and value[0] in edge and value[-1] in edge)
+
+
+def test_check_tenant_agrees_with_a_plain_predicate_on_random_strings():
+    rng = random.Random(7)
+    alphabet = "ab9_-A .\n/é"
+    for _ in range(3000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 2, 3, 4, 8, 41,
+                                                                          42, 43, 44])))
+        try:
+            accepted = vdb.check_tenant(value) == value
+        except vdb.TenantNameError:
+            accepted = False
+        assert accepted == _is_tenant_id(value), repr(value)
 
 
 def test_the_missing_filter_leaks(shared):
@@ -197,6 +313,75 @@ def test_embedder_guard_refuses_another_model(location):
     store = vdb.TenantStore(location, "northwind", FAKE, design="collection")
     with pytest.raises(vdb.EmbedderMismatchError):
         store.query_vector(OTHER(["q"])[0], 3, embedder=OTHER)
+
+
+def _recorded_probe(collection) -> list[float]:
+    return [float(x) for x in collection.metadata["embedding_probe"].split(",")]
+
+
+def test_the_probe_guard_refuses_an_impostor_of_the_same_name(location):
+    # the reference: the impostor's vector for the probe sentence, computed here, is far off
+    real = _hash_encode([vdb.PROBE_TEXT])[0][:vdb.PROBE_COMPONENTS]
+    fake = _salted_encode([vdb.PROBE_TEXT])[0][:vdb.PROBE_COMPONENTS]
+    assert np.abs(real - fake).max() > 100 * vdb.PROBE_TOLERANCE
+    assert (IMPOSTOR.name, IMPOSTOR.dimension) == (FAKE.name, FAKE.dimension)
+    client = location.client()
+    collection = vdb.open_collection(client, "test-probe", FAKE)
+    # what the collection records is FAKE's probe vector, as text
+    np.testing.assert_allclose(_recorded_probe(collection), real, atol=1e-6)
+    vdb.check_embedder(collection, FAKE)  # the real embedder passes
+    with pytest.raises(vdb.EmbedderMismatchError, match="test-probe"):
+        vdb.check_embedder(collection, IMPOSTOR)
+    with pytest.raises(vdb.EmbedderMismatchError):  # opening the existing collection
+        vdb.open_collection(client, "test-probe", IMPOSTOR)
+    store = vdb.TenantStore(location, "northwind", FAKE, design="collection", name="probe")
+    store.add([d for d in DOCS if d.tenant == "northwind"][:20])
+    with pytest.raises(vdb.EmbedderMismatchError):  # a store opening the same collection
+        vdb.TenantStore(location, "northwind", IMPOSTOR, design="collection", name="probe")
+    assert len(store.query_vector(FAKE(["VPN"])[0], 3, embedder=FAKE)) == 3
+    with pytest.raises(vdb.EmbedderMismatchError):
+        store.query_vector(IMPOSTOR(["VPN"])[0], 3, embedder=IMPOSTOR)
+
+
+def test_a_probe_within_the_tolerance_passes(location):
+    def noisy_encode(texts):
+        noise = np.random.default_rng(len(texts)).uniform(-1e-5, 1e-5, (len(texts), 32))
+        return _hash_encode(texts) + noise.astype(np.float32)
+
+    noisy = vdb.Embedder(FAKE.name, FAKE.dimension, noisy_encode)
+    difference = np.abs(np.array(noisy.probe) - np.array(FAKE.probe)).max()
+    assert 0 < difference < vdb.PROBE_TOLERANCE
+    collection = vdb.open_collection(location.client(), "test-probe-noise", FAKE)
+    vdb.check_embedder(collection, noisy)
+    assert vdb.open_collection(location.client(), "test-probe-noise", noisy).name == collection.name
+    store = vdb.TenantStore(location, "bluefin", FAKE, design="collection", name="probe-noise")
+    store.add([d for d in DOCS if d.tenant == "bluefin"][:10])
+    assert len(store.query_vector(noisy(["VPN"])[0], 2, embedder=noisy)) == 2
+
+
+def test_the_cache_never_serves_one_embedders_vectors_to_an_impostor():
+    text = "A sentence the real embedder embeds first."
+    first = FAKE([text])
+    np.testing.assert_array_equal(first, _hash_encode([text]))
+    served = IMPOSTOR([text])  # the same name and text, after the real one
+    assert not np.allclose(served, first)
+    np.testing.assert_array_equal(served, _salted_encode([text]))
+    np.testing.assert_array_equal(FAKE([text]), first)  # and the other way round
+
+
+def test_the_cache_never_serves_vectors_to_an_embedder_the_guard_refuses(location):
+    def rounded_encode(texts):  # like a coarsely quantised build of the same model
+        return np.round(_hash_encode(texts), 2)
+
+    near = vdb.Embedder(FAKE.name, FAKE.dimension, rounded_encode)
+    collection = vdb.open_collection(location.client(), "test-probe-near", FAKE)
+    with pytest.raises(vdb.EmbedderMismatchError):  # the guard tells the two apart ...
+        vdb.check_embedder(collection, near)
+    text = "Another sentence the real embedder embeds first."
+    first = FAKE([text])
+    served = near([text])
+    assert not np.array_equal(served, first), "served the real embedder's cached vector"
+    np.testing.assert_array_equal(served, rounded_encode([text]))  # ... the cache must too
 
 
 def test_chroma_itself_rejects_a_wrong_dimension(location):
@@ -313,7 +498,7 @@ def test_tenant_store_against_a_real_chroma_server_on_loopback():
         assert server.url.startswith("http://127.0.0.1:")
         docs = [d for d in DOCS if d.topic in ("vpn", "expenses")]
         for design in ("shared", "database"):
-            stores = vdb.load_tenant_stores(server.location, design, docs, FAKE)
+            stores = explore.load_tenant_stores(server.location, design, docs, FAKE)
             hits = stores["bluefin"].query("VPN", k=30)
             assert hits and all(h.tenant == "bluefin" for h in hits)
             assert stores["northwind"].count() == sum(d.tenant == "northwind" for d in docs)
@@ -339,13 +524,95 @@ def test_meaning_not_words_embedding_finds_the_password_documents_keywords_do_no
     assert explore.keyword_top_k(DOCS, "I forgot my login", 5) == []
 
 
+# --- shipped vectors: the seed and the docstrings ---------------------------------------
+
+
+def test_load_seed_loads_only_for_an_embedder_with_the_same_probe(tmp_path, monkeypatch):
+    monkeypatch.setattr(vdb, "_ENCODE_CACHE", {})  # this test's cache, restored after it
+    texts = [f"seed sentence {i}" for i in range(7)]
+    shipped = explore.random_unit_vectors(7, 32, seed=9)  # not what FAKE computes
+
+    def write(name: str, probe) -> Path:
+        path = tmp_path / name
+        np.savez_compressed(path, texts=np.array(texts), vectors=shipped, probe=np.array(probe))
+        return path
+
+    assert explore.load_seed(FAKE, tmp_path / "missing.npz") == 0
+    off = write("off.npz", np.array(FAKE.probe) + 10 * vdb.PROBE_TOLERANCE)
+    assert explore.load_seed(FAKE, off) == 0
+    ours = write("ours.npz", FAKE.probe)
+    assert explore.load_seed(IMPOSTOR, ours) == 0  # the same name, another probe
+    np.testing.assert_array_equal(IMPOSTOR(texts), _salted_encode(texts))
+    np.testing.assert_array_equal(FAKE(texts), _hash_encode(texts))  # nothing loaded yet
+    monkeypatch.setattr(vdb, "_ENCODE_CACHE", {})
+    assert explore.load_seed(FAKE, ours) == 7
+    np.testing.assert_array_equal(FAKE(texts), shipped)  # served from the file
+    np.testing.assert_array_equal(IMPOSTOR(texts), _salted_encode(texts))
+    monkeypatch.setattr(vdb, "_ENCODE_CACHE", {})
+    close = write("close.npz", np.array(FAKE.probe) + 1e-5)  # float noise between machines
+    assert explore.load_seed(FAKE, close) == 7
+
+
+def test_the_shipped_seed_holds_the_documents_and_the_topic_questions():
+    questions = [q for qs in explore.TOPIC_QUESTIONS.values() for q in qs]
+    with np.load(explore.SEED_PATH) as data:
+        texts, vectors, probe = list(map(str, data["texts"])), data["vectors"], data["probe"]
+    assert len(texts) == len(DOCS) + len(questions) == 361
+    assert texts == [d.title + ". " + d.text for d in DOCS] + questions
+    assert vectors.shape == (361, 384) and probe.shape == (vdb.PROBE_COMPONENTS,)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_random_unit_vectors_are_unit_length_and_seeded():
+    a = explore.random_unit_vectors(500, 64, seed=3)
+    assert a.shape == (500, 64) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-6)
+    np.testing.assert_array_equal(a, explore.random_unit_vectors(500, 64, seed=3))
+    assert not np.allclose(a, explore.random_unit_vectors(500, 64, seed=4))
+    # no structure: pairs are about orthogonal (cosine ~ N(0, 1/64)), no favoured direction
+    cosines = (a @ a.T)[np.triu_indices(500, 1)]
+    assert abs(cosines.mean()) < 0.01 and abs(cosines.std() - 64 ** -0.5) < 0.01
+    assert np.linalg.norm(a.mean(axis=0)) < 0.1
+
+
+@pytest.mark.serial  # loads the 0.8 GB course model (~6 s) if no other test did
+def test_the_shipped_vectors_are_the_course_models(location, monkeypatch):
+    texts, vectors = explore.docstring_vectors()
+    assert len(texts) == 5000 and len(set(texts)) == 5000
+    assert vectors.shape == (5000, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    with np.load(explore.DOCSTRINGS / "minilm.npz") as data:
+        raw = data["vectors"]
+    assert raw.dtype == np.float16
+    assert np.abs(np.linalg.norm(raw.astype(np.float64), axis=1) - 1).max() < 1e-3
+    course = vdb.course_embedder()
+    picks = [0, 1234, 2500, 3777, 4999]
+    fresh = course.encode([texts[i] for i in picks])  # the model itself, not the cache
+    cosines = np.sum(fresh * vectors[picks], axis=1) / np.linalg.norm(fresh, axis=1)
+    assert cosines.min() > 0.999, cosines
+    # the seed: made by this model, so load_seed takes all 361 vectors
+    with np.load(explore.SEED_PATH) as data:
+        seed_texts, seed_vectors, seed_probe = data["texts"], data["vectors"], data["probe"]
+    assert np.abs(seed_probe - np.array(course.probe)).max() < vdb.PROBE_TOLERANCE
+    again = course.encode([str(seed_texts[i]) for i in (0, 200, 360)])
+    assert np.sum(again * seed_vectors[[0, 200, 360]], axis=1).min() > 0.999
+    monkeypatch.setattr(vdb, "_ENCODE_CACHE", {})  # keep the other tests' vectors their own
+    assert explore.load_seed(course) == 361
+    # the real impostor (CLS pooling under the course model's name) is refused
+    impostor = explore.impostor_embedder()
+    assert (impostor.name, impostor.dimension) == (course.name, course.dimension)
+    collection = vdb.open_collection(location.client(), "test-course-probe", course)
+    with pytest.raises(vdb.EmbedderMismatchError):
+        vdb.check_embedder(collection, impostor)
+
+
 # --- the exercise checker -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def scenario(location):
     """The checker's scenario with the hash embedder: same checks, no 0.8 GB model."""
-    return checks.build_scenario(FAKE, OTHER, location)
+    return checks.build_scenario(FAKE, OTHER, IMPOSTOR, location)
 
 
 @pytest.fixture()
@@ -367,23 +634,19 @@ def test_checker_fails_the_starter_and_names_a_leaked_document(scenario, progres
                       r"and got (\S+)", isolation.found)
     assert match, isolation.found
     leaked_n, total = int(match[1]), int(match[2])
-    assert total >= 1000 and leaked_n > 0
+    assert total == checks.N_TEXT + checks.N_VECTOR and 0 < leaked_n <= total
     asker, leaked_id = match[4], match[5]
     assert scenario.by_id[leaked_id].tenant != asker
     assert any("mismatched embedder" in name for name in failed)
 
 
 def test_checker_passes_the_reference_solution(scenario, progress):
-    from labsupport.solutions import vector_database_design as answer_key
-
     result = checks.check_exercise(answer_key.tenant_query, scenario=scenario, solution_mode=True)
     assert result.passed, [(c.name, c.found) for c in result.checks]
     assert len(result.checks) == 4
 
 
 def test_checker_catches_post_filtering_and_a_missing_where(scenario, progress):
-    from labsupport.solutions import vector_database_design as answer_key
-
     def post_filter(collection, tenant, query_embedding, embedder, k=5, where=None):
         ids = answer_key.tenant_query(collection, tenant, query_embedding, embedder, k=k)
         return ids  # tenant-scoped but ignores the caller's date filter
@@ -424,8 +687,6 @@ def test_checker_turns_exceptions_and_wrong_returns_into_feedback(scenario, prog
 
 
 def test_checker_judges_each_row_on_its_own(scenario, progress):
-    from labsupport.solutions import vector_database_design as answer_key
-
     def breaks_on_filters(collection, tenant, query_embedding, embedder, k=5, where=None):
         if where is not None:
             raise KeyError("where")
@@ -440,6 +701,109 @@ def test_checker_judges_each_row_on_its_own(scenario, progress):
     assert not next(c for name, c in rows.items() if "date-range" in name).passed
     assert next(c for name, c in rows.items() if "recall" in name).passed  # where=None only
     assert rows[checks.GUARD_ROW].passed
+
+
+def test_checker_guard_row_needs_the_error_for_both_wrong_embedders(scenario, progress):
+    def name_only_guard(collection, tenant, query_embedding, embedder, k=5, where=None):
+        meta = collection.metadata
+        if (meta["embedding_model"], meta["embedding_dimension"]) != (embedder.name,
+                                                                      embedder.dimension):
+            raise vdb.EmbedderMismatchError("another model")
+        return answer_key.tenant_query(collection, tenant, query_embedding, FAKE, k, where)
+
+    def plain_value_error(collection, tenant, query_embedding, embedder, k=5, where=None):
+        try:
+            vdb.check_embedder(collection, embedder)
+        except vdb.EmbedderMismatchError as exc:
+            raise ValueError(str(exc)) from None
+        return answer_key.tenant_query(collection, tenant, query_embedding, embedder, k, where)
+
+    row = checks.check_embedder_guard(name_only_guard, scenario=scenario)
+    assert not row.passed and "the collection's name, other vectors" in row.found
+    assert repr(OTHER.name) not in row.found  # the other-named embedder was refused
+    row = checks.check_embedder_guard(plain_value_error, scenario=scenario)
+    assert not row.passed and "ValueError" in row.found
+    assert checks.check_embedder_guard(answer_key.tenant_query, scenario=scenario).passed
+
+
+def test_checker_isolation_allows_refusing_a_filter_that_names_a_tenant(scenario, progress):
+    seen = []
+
+    def refuses_tenant_filters(collection, tenant, query_embedding, embedder, k=5, where=None):
+        seen.append(where)
+        if where is not None and "tenant" in json.dumps(where):
+            raise ValueError("a filter may not name a tenant")
+        if where is not None and len(where) != 1:
+            raise ValueError("malformed filter")
+        return answer_key.tenant_query(collection, tenant, query_embedding, embedder, k, where)
+
+    def merges_the_filter(collection, tenant, query_embedding, embedder, k=5, where=None):
+        full = {"tenant": tenant, **(where or {})}  # the caller's key wins: a leak
+        if len(full) > 1:
+            full = {"$and": [{k_: v} for k_, v in full.items()]}
+        return collection.query(query_embeddings=[list(query_embedding)], n_results=k,
+                                where=full, include=[])["ids"][0]
+
+    row = checks.check_isolation(refuses_tenant_filters, scenario=scenario)
+    assert row.passed, row.found
+    escaping = [w for w in seen if w is not None and "tenant" in json.dumps(w)]
+    assert escaping and any(len(w) == 2 for w in escaping)  # escapes and malformed ones
+    assert "filters naming a tenant refused" in row.found
+    assert not checks.check_isolation(merges_the_filter, scenario=scenario).passed
+
+
+# --- the steps and the quiz -------------------------------------------------------------
+
+
+def _starter(n: int):
+    """The function or class of step ``n``'s starter cell in the notebook, defined in a
+    namespace with np and vdb (the cell's demo lines need the notebook's variables)."""
+    label = f"07_vector_database_design/step-{n}"
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"]
+             if c.get("metadata", {}).get("labsupport", {}).get("starter") == label]
+    assert len(cells) == 1, label
+    tree = ast.parse("".join(cells[0]["source"]))
+    tree.body = [node for node in tree.body
+                 if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.ClassDef)]
+    names = [node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)]
+    assert len(names) == 1, names
+    namespace = {"np": np, "vdb": vdb}
+    exec(compile(tree, label, "exec"), namespace)  # noqa: S102 - the course's own notebook
+    return namespace[names[0]]
+
+
+STEP_KEYS = {1: answer_key.exact_top_k, 2: answer_key.recall_at_k,
+             3: answer_key.dates_and_departments, 4: answer_key.TenantStore}
+# the row each starter fails for the reason its cell gives ("not yet: ...")
+STARTER_FAILS = {1: "random matrix 1", 2: "a tie with the k-th true distance counts",
+                 3: "Chroma accepts it", 4: "bad tenant ids refused"}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_step_checker_passes_the_answer_key(progress, n):
+    result = checks.check_step(n, STEP_KEYS[n], solution_mode=True)
+    assert result.passed and len(result.checks) > 1, [(c.name, c.found) for c in result.checks]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_step_checker_passes_the_library_function(progress, n):
+    library = {1: vdb.exact_top_k, 2: vdb.recall_at_k, 3: vdb.dates_and_departments}[n]
+    assert checks.check_step(n, library).passed
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_step_checker_fails_the_notebooks_starter(progress, n):
+    result = checks.check_step(n, _starter(n))
+    assert not result.passed
+    failed = [c.name for c in result.checks if not c.passed]
+    assert any(name.startswith(STARTER_FAILS[n]) for name in failed), failed
+
+
+def test_quiz_answer_key_passes_and_the_recall_question_is_right(progress):
+    assert checks.check_quiz(answer_key.QUIZ_ANSWERS, solution_mode=True).passed
+    found, true = [0.10, 0.12, 0.15, 0.2505, 0.31], [0.10, 0.12, 0.15, 0.20, 0.25]
+    within = sum(d <= true[-1] + 1e-3 for d in found) / 5  # by hand, not recall_at_k
+    assert within == answer_key.QUIZ_ANSWERS["recall-tie"] == vdb.recall_at_k(found, true, 5)
 
 
 def test_chroma_server_cli_help():

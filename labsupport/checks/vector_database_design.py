@@ -4,11 +4,13 @@ The learner writes ``tenant_query(collection, tenant, query_embedding, embedder,
 where=None) -> list[str]`` over one shared collection of both clients' documents.
 :func:`check_exercise` judges it, row by row, against fixed references:
 
-* zero cross-tenant results over 1,050 hidden queries (questions naming the other
-  company, its products and people; vectors placed next to the other tenant's documents);
+* zero cross-tenant results over 600 hidden queries (questions naming the other company,
+  its products and people; vectors placed next to the other tenant's documents; caller
+  filters that try to leave the tenant);
 * date-range results identical to exact numpy search over the tenant's documents;
 * per-tenant recall@5 within 0.02 of a collection holding only that tenant's documents;
-* a query made with a mismatched embedder (CLS pooling: same length, another space) refused.
+* queries made with mismatched embedders (CLS pooling: same length, another space; once
+  under the course model's own name) refused with ``vdb.EmbedderMismatchError``.
 
 Each row is judged on its own (``ex.judge``): a row whose input makes the answer raise
 fails alone, and says how to reproduce it, e.g. ``checks.check_isolation(my_answer)``.
