@@ -28,6 +28,7 @@ from labsupport.services.message_queues import (
     FaultPlan,
     PipelineConfig,
     RunResult,
+    faults_by_id,
     make_documents,
     run_pipeline,
 )
@@ -225,12 +226,16 @@ def _work_rows(sc: Scenario, config: PipelineConfig, run: RunResult, good: list[
         hint=" ".join(reasons))
 
 
-def outcome(answer: Any, sc: Scenario = SCENARIO) -> RunResult:
-    """The run the checker judges: ``answer()``'s settings and worker on the scenario."""
+def _run(config: PipelineConfig, sc: Scenario) -> RunResult:
     docs, _, faults = scenario_faults(sc)
-    return run_pipeline(answer(), docs, processing_time=sc.processing_time,
+    return run_pipeline(config, docs, processing_time=sc.processing_time,
                         capacity=sc.capacity, faults=faults, via_http=True,
                         deadline=sc.deadline)
+
+
+def outcome(answer: Any, sc: Scenario = SCENARIO) -> RunResult:
+    """The run the checker judges: ``answer()``'s settings and worker on the scenario."""
+    return _run(answer(), sc)
 
 
 def _checks(answer: Any, sc: Scenario = SCENARIO) -> Iterator[ex.Check]:
@@ -248,9 +253,7 @@ def _checks(answer: Any, sc: Scenario = SCENARIO) -> Iterator[ex.Check]:
     docs, poison_names, faults = scenario_faults(sc)
     with ex.on_input("the scenario: 500 uploads over HTTP, crashes and poison",
                      "checks.outcome(my_pipeline)"):
-        run = run_pipeline(config, docs, processing_time=sc.processing_time,
-                           capacity=sc.capacity, faults=faults, via_http=True,
-                           deadline=sc.deadline)
+        run = _run(config, sc)
     acc = run.accept
     assert acc is not None
     yield ex.Check("all uploads accepted", acc.count("accepted") == sc.uploads,
@@ -265,9 +268,7 @@ def _checks(answer: Any, sc: Scenario = SCENARIO) -> Iterator[ex.Check]:
     good = [job_of.get(d.name, f"not accepted: {d.name}") for d in docs
             if d.name not in poison_names]
     text_of = {job_of[d.name]: d.content.upper() for d in docs if d.name in job_of}
-    by_job = FaultPlan({job_of.get(n, n) for n in faults.in_service},
-                       {job_of.get(n, n) for n in faults.after_commit},
-                       {job_of.get(n, n) for n in faults.before_delete})
+    by_job = faults_by_id(faults, job_of)
     yield from _effect_rows(sc, config, run, good, text_of, by_job)
     yield _poison_row(sc, config, run, [job_of[n] for n in poison_names if n in job_of])
     dead_set = set(run.dead_lettered)

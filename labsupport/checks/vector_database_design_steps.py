@@ -26,6 +26,7 @@ import numpy as np
 
 from labsupport import exercises as ex
 from labsupport import vector_database_design as vdb
+from labsupport.services import vector_database_design as services
 
 SEED = 77
 DAY = 86_400  # seconds
@@ -207,7 +208,7 @@ def step_3_checks(fn: Any) -> Iterator[ex.Check]:
         yield bad
         return
     with tempfile.TemporaryDirectory(prefix="vdb-step3-") as tmp:
-        client = _client(tmp)
+        client = services.ChromaLocation(path=tmp).client()
         made = iter(range(10))
 
         def collection_for(records: list[dict]) -> Any:
@@ -219,13 +220,6 @@ def step_3_checks(fn: Any) -> Iterator[ex.Check]:
         yield from ex.rows_or_raised(lambda: _step_3_rows(fn, collection_for),
                                      "your where function runs",
                                      "three date ranges with departments, in New York's time zone")
-
-
-def _client(folder: str) -> Any:
-    import chromadb
-    from chromadb.config import Settings
-
-    return chromadb.PersistentClient(path=folder, settings=Settings(anonymized_telemetry=False))
 
 
 # --- Step 4: a store bound to one tenant ---------------------------------------------------
@@ -328,7 +322,8 @@ def step_4_checks(cls: Any) -> Iterator[ex.Check]:
         yield bad
         return
     with tempfile.TemporaryDirectory(prefix="vdb-step4-") as tmp:
-        collection = _client(tmp).create_collection(  # vectors given: no embedding function
+        client = services.ChromaLocation(path=tmp).client()
+        collection = client.create_collection(  # vectors given: no embedding function
             "step4", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
         yield from ex.rows_or_raised(lambda: _step_4_rows(cls, collection),
                                      "your store runs",

@@ -118,7 +118,7 @@ def make_documents(n: int, poison: set[int] = frozenset(), prefix: str = "doc") 
     return docs
 
 
-def _by_job(faults: FaultPlan, job_of: dict[str, str]) -> FaultPlan:
+def faults_by_id(faults: FaultPlan, job_of: dict[str, str]) -> FaultPlan:
     """The same plan, with document names replaced by their doc ids (the job ids the
     front door gave, over HTTP)."""
     def ids(names: set[str]) -> set[str]:
@@ -162,7 +162,7 @@ def run_pipeline(config: PipelineConfig, docs: list[Document], *, processing_tim
             server.stop()
         sent_at = dict.fromkeys(accept.accepted_at, 0.0)  # the server named the jobs
     if faults is not None:
-        faults = _by_job(faults, accept.job_of if accept else {d.name: d.doc_id for d in docs})
+        faults = faults_by_id(faults, accept.job_of if accept else {d.name: d.doc_id for d in docs})
     store = ResultStore(store_path)
     service = ProcessingService(processing_time, capacity, sleep=vt.sleep, faults=faults,
                                 store=store)

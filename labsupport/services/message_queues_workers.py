@@ -343,13 +343,11 @@ class WorkerQueue:
         self._doc_of: dict[str, tuple[str, int]] = {}  # handle -> (doc_id, receive count)
         self._got = threading.local()
         self.deleted_at: dict[str, float] = {}  # doc_id -> simulated time of the delete
-        self.receives = 0
 
     def receive(self, max_messages: int = 1, visibility_timeout: float | None = None,
                 wait_time_seconds: float = 0.0) -> list[Message]:
         got = self._queue.receive(max_messages, visibility_timeout, wait_time_seconds,
                                   poll_interval=0.05)
-        self.receives += len(got)
         self._got.count = getattr(self._got, "count", 0) + len(got)
         for m in got:
             self._doc_of[m.receipt_handle] = (Document.from_json(m.body).doc_id, m.receive_count)
