@@ -234,7 +234,14 @@ def _move_a_control_and_see_a_figure_change(screen: Screen, before: list[dict]) 
 def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
     """Reload the tab: every figure comes back showing data, a live one its latest data."""
     screen.page.keyboard.press("Control+s")  # outputs saved, as JupyterLab's autosave would
-    screen.page.wait_for_timeout(1000)
+    # Reload only once the save is done (the tab drops its "modified" mark): a fixed pause
+    # reloaded an older file on a busy machine, and the check then saw old or no figures.
+    try:
+        screen.page.wait_for_selector(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty",
+                                      state="detached", timeout=30_000)
+    except PlaywrightTimeout:
+        screen.fail("the notebook was still marked modified 30 s after Ctrl+S")
+    screen.page.wait_for_timeout(500)
     screen.page.reload()
     _wait_for_notebook(screen)
     widgets = screen.page.locator(f".jp-OutputArea-output[data-mime-type='{WIDGET_MIME}']")
