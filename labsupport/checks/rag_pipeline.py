@@ -10,6 +10,7 @@ from typing import Any
 
 from labsupport import exercises as ex
 from labsupport import rag_pipeline as rag
+from labsupport.checks import rag_pipeline_steps as steps
 from labsupport.explore import rag_pipeline as explore
 
 EXERCISE_ID = "05_rag_pipeline"
@@ -87,3 +88,16 @@ def check_exercise(answer_fn: Any, *, solution_mode: bool = False) -> ex.CheckRe
     """Check the learner's chunker (notebook 05): ingest the handbook with it and score
     retrieval on the held-out questions."""
     return ex.run_checks(EXERCISE_ID, _checks, answer_fn, solution_mode=solution_mode)
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+STEP_CHECKS = {1: steps.step_1_checks, 2: steps.step_2_checks, 3: steps.step_3_checks,
+               4: steps.step_4_checks}
+
+
+def check_step(n: int, answer: Any, *, solution_mode: bool = False) -> ex.CheckResult:
+    """Check "Your turn" step ``n`` (1: fixed-size spans, 2: span metrics, 3: heading
+    split, 4: sentences packed under a word-piece budget)."""
+    return ex.run_checks(ex.step_id(EXERCISE_ID, n), STEP_CHECKS[n], answer,
+                         solution_mode=solution_mode)

@@ -8,6 +8,7 @@ whole handbook with it and must tell every one "not yet", with the named row fai
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from labsupport import rag_pipeline as rag
 from labsupport.checks import rag_pipeline as checks
 from labsupport.solutions import rag_pipeline as key
 
-from . import Exercise, WrongAnswer
+from . import Exercise, WrongAnswer, step
 
 Chunker = Callable[[str], list[Any]]
 
@@ -30,12 +31,98 @@ def starter() -> Chunker:
     return my_chunker
 
 
+def no_overlap_step(text, size, overlap):
+    """Ignores the overlap: steps a whole window."""
+    return key.fixed_chunks(text, size, 0)
+
+
+def one_window_too_many(text, size, overlap):
+    """Keeps stepping after the window that reached the end."""
+    if size <= 0 or not 0 <= overlap < size:
+        raise ValueError("bad settings")
+    return [(s, min(s + size, len(text))) for s in range(0, len(text), size - overlap)]
+
+
+def precision_counts_overlap_once(gold, retrieved):
+    """Counts the retrieved characters as a set: overlapping chunks count once."""
+    scores = key.span_scores(gold, retrieved)
+    got = {(c.doc, i) for c in retrieved for i in range(c.start, c.end)}
+    covered = scores["recall"] * len({(s.doc, i) for s in gold for i in range(s.start, s.end)})
+    return {**scores, "precision": covered / len(got) if got else 0.0}
+
+
+def gold_not_merged(gold, retrieved):
+    """Adds up gold span lengths without merging overlaps."""
+    gold_len = sum(s.end - s.start for s in gold)
+    covered = sum(max(0, min(s.end, c.end) - max(s.start, c.start))
+                  for s in gold for c in retrieved if c.doc == s.doc)
+    got = sum(c.end - c.start for c in retrieved)
+    union = gold_len + got - covered
+    return {"recall": covered / gold_len, "precision": covered / got if got else 0.0,
+            "iou": covered / union if union else 0.0}
+
+
+def split_at_every_hash(text):
+    """Splits at every line starting with '#', code comments included."""
+    cuts = [0] + [m.start() for m in re.finditer(r"^#", text, re.M) if m.start()] + [len(text)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if text[a:b].strip()]
+
+
+def split_at_level_four_too(text):
+    """Fence-aware, but a level-4 heading starts a section too."""
+    cuts, offset, fenced = [0], 0, False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,4}[ \t]+\S", line) and offset > 0:
+            cuts.append(offset)
+        offset += len(line)
+    cuts.append(len(text))
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if text[a:b].strip()]
+
+
+def sentence_per_chunk(text, max_pieces):
+    """One unit a chunk: within budget, never packed."""
+    return rag.units_of(text)
+
+
+def character_budget(text, max_pieces):
+    """Packs by characters (4 per word piece, a rule of thumb), not by word pieces."""
+    return [(a, b) for a, b in rag.recursive(text, 4 * max_pieces, 0)]
+
+
 def _strip_markdown(text: str) -> list[str]:
     """'Cleans' each paragraph of its Markdown: the chunks are no longer the source's text."""
     return [p.replace("#", "").strip() for p in text.split("\n\n") if p.strip()]
 
 
 EXERCISES = [
+    step(checks, 1, lambda: key.fixed_chunks, [
+        WrongAnswer("ignores the overlap", "windows step a whole size", lambda: no_overlap_step,
+                    "overlap 100"),
+        WrongAnswer("a window too many", "a window after the one that reached the end",
+                    lambda: one_window_too_many, "overlap 100"),
+    ]),
+    step(checks, 2, lambda: key.span_scores, [
+        WrongAnswer("overlap counted once", "two overlapping chunks cost their characters "
+                    "twice in the prompt", lambda: precision_counts_overlap_once,
+                    "overlap counts twice"),
+        WrongAnswer("gold not merged", "overlapping gold spans counted twice",
+                    lambda: gold_not_merged, "counted once"),
+    ]),
+    step(checks, 3, lambda: key.heading_split, [
+        WrongAnswer("every '#' line", "a comment in a code block starts a section",
+                    lambda: split_at_every_hash, "code fences"),
+        WrongAnswer("level 4 too", "#### starts a section", lambda: split_at_level_four_too,
+                    "code fences"),
+    ]),
+    step(checks, 4, lambda: key.pack_sentences, [
+        WrongAnswer("a sentence a chunk", "never packed: hundreds of tiny chunks",
+                    lambda: sentence_per_chunk, "packed"),
+        WrongAnswer("characters, not word pieces", "4 characters a piece is a guess: chunks "
+                    "go over the budget or cut sentences", lambda: character_budget,
+                    "budget 40 word pieces"),
+    ]),
     Exercise(
         id=checks.EXERCISE_ID,
         check=lambda a: checks.check_exercise(a),
