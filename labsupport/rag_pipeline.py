@@ -46,10 +46,10 @@ class Document:
     text: str
 
 
-def load_handbook(data_dir: Path = DATA_DIR) -> list[Document]:
-    """The handbook's documents, in file order."""
+def load_handbook(data_dir: Path = DATA_DIR, folder: str = "handbook") -> list[Document]:
+    """The Markdown documents of ``data_dir/folder`` (the handbook's), in file order."""
     return [Document(p.name, p.read_text(encoding="utf-8"))
-            for p in sorted((data_dir / "handbook").glob("*.md"))]
+            for p in sorted((data_dir / folder).glob("*.md"))]
 
 
 @dataclass(frozen=True)
