@@ -28,8 +28,11 @@ import numpy as np
 from labsupport import embeddings
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "hr_policies"
+TECH_DOCS_DIR = DATA_DIR.parent / "tech_docs"  # the second, held-out corpus
 # all-MiniLM-L6-v2 reads at most 256 word pieces, [CLS] and [SEP] included: 254 of text.
 MAX_TEXT_PIECES = embeddings.MAX_SEQ_LENGTH - 2
+# ...but it was fine-tuned on inputs cut at 128 word pieces (its model card, "Training").
+TRAINED_PIECES = 128
 ENV_LLM_URL = "LABSUPPORT_LLM_BASE_URL"  # e.g. http://127.0.0.1:11434/v1 (Ollama, vLLM, …)
 ENV_LLM_MODEL = "LABSUPPORT_LLM_MODEL"
 ENV_LLM_KEY = "LABSUPPORT_LLM_API_KEY"
@@ -71,15 +74,30 @@ class Chunk:
         return " > ".join((self.doc, *self.headings[1:])) if self.headings else self.doc
 
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*$", re.MULTILINE)
+_HEADING = re.compile(r"(#{1,6})[ \t]+(.+?)[ \t]*$")
+_FENCE = ("```", "~~~")  # a line starting with one opens or closes a code block
+
+
+def headings(text: str) -> list[tuple[int, int, str]]:
+    """(offset, level, title) of each Markdown heading, in order. A ``#`` line inside a
+    fenced code block (a shell comment, say) is not a heading."""
+    out, offset, fenced = [], 0, False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(_FENCE):
+            fenced = not fenced
+        elif not fenced and (m := _HEADING.match(line.rstrip("\n"))):
+            out.append((offset, len(m.group(1)), m.group(2)))
+        offset += len(line)
+    return out
 
 
 def heading_index(text: str) -> list[tuple[int, tuple[str, ...]]]:
     """(offset, heading path) at each Markdown heading, in order."""
-    out, path = [], []
-    for m in _HEADING.finditer(text):
-        path = [*path[: len(m.group(1)) - 1], m.group(2)]
-        out.append((m.start(), tuple(path)))
+    out: list[tuple[int, tuple[str, ...]]] = []
+    path: list[str] = []
+    for offset, level, title in headings(text):
+        path = [*path[: level - 1], title]
+        out.append((offset, tuple(path)))
     return out
 
 
@@ -99,7 +117,7 @@ def make_chunks(doc: Document, spans: Iterable[tuple[int, int]]) -> list[Chunk]:
 # --- chunkers: each maps a document's text to character spans -----------------------
 
 
-def _stripped(text: str, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def strip_spans(text: str, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """The spans without leading and trailing whitespace; empty ones dropped."""
     cut = [(b - len(text[a:b].lstrip()), a + len(text[a:b].rstrip())) for a, b in spans]
     return [(a, b) for a, b in cut if b > a]
@@ -140,53 +158,6 @@ def fixed_tokens(text: str, size: int = 200, overlap: int = 0) -> list[tuple[int
     return [(offsets[a][0], offsets[b - 1][1]) for a, b in fixed_chars(offsets, size, overlap)]
 
 
-RECURSIVE_SEPARATORS = ("\n\n", "\n", " ", "")  # LangChain's default hierarchy
-
-
-def _split_on(text: str, start: int, end: int, sep: str) -> list[tuple[int, int]]:
-    """text[start:end] split before each ``sep`` (kept, as LangChain's keep_separator=True)."""
-    if sep == "":
-        return [(i, i + 1) for i in range(start, end)]
-    cuts, at = [start], text.find(sep, start + 1, end)
-    while at >= 0:
-        cuts.append(at)
-        at = text.find(sep, at + 1, end)
-    cuts.append(end)
-    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
-
-
-def recursive(text: str, size: int = 800, overlap: int = 0,
-              separators: Sequence[str] = RECURSIVE_SEPARATORS,
-              length: Callable[[str], int] = len) -> list[tuple[int, int]]:
-    """LangChain-style recursive splitting: split on the first separator that occurs,
-    recurse into pieces still longer than ``size``, then merge neighbours up to ``size``
-    keeping up to ``overlap`` of the previous chunk's tail. Spans, whitespace stripped."""
-    if not 0 <= overlap < size:
-        raise ValueError("need 0 <= overlap < size")
-
-    def pieces(a: int, b: int, seps: Sequence[str]) -> list[tuple[int, int]]:
-        sep_i = next((i for i, s in enumerate(seps) if s == "" or s in text[a:b]), len(seps) - 1)
-        out = []
-        for p in _split_on(text, a, b, seps[sep_i]):
-            if length(text[p[0]:p[1]]) > size and sep_i + 1 < len(seps):
-                out.extend(pieces(p[0], p[1], seps[sep_i + 1:]))
-            else:
-                out.append(p)
-        return out
-
-    units, chunks, current = pieces(0, len(text), tuple(separators)), [], []
-    for unit in units:
-        if current and length(text[current[0][0]:unit[1]]) > size:
-            chunks.append((current[0][0], current[-1][1]))
-            while current and (length(text[current[0][0]:current[-1][1]]) > overlap
-                               or length(text[current[0][0]:unit[1]]) > size):
-                current.pop(0)  # keep only a tail of at most `overlap`
-        current.append(unit)
-    if current:
-        chunks.append((current[0][0], current[-1][1]))
-    return _stripped(text, chunks)
-
-
 _SENTENCE_END = re.compile(r"(?<=[.!?:;])[ \t]+(?=\S)|\n+")
 
 
@@ -196,34 +167,41 @@ def units_of(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
-def structure_aware(text: str, max_pieces: int = 200, overlap_units: int = 0,
-                    min_heading_level: int = 3) -> list[tuple[int, int]]:
-    """Split at headings (level ≤ ``min_heading_level``), then pack whole sentences and lines
-    into chunks of at most ``max_pieces`` word pieces, carrying the last ``overlap_units``
-    sentences into the next chunk. A sentence longer than the limit is cut by word pieces."""
-    bounds = [m.start() for m in _HEADING.finditer(text) if len(m.group(1)) <= min_heading_level]
+def heading_sections(text: str, max_level: int = 3) -> list[tuple[int, int]]:
+    """One span per section: cut before every heading of level 1 to ``max_level``."""
+    cuts = [o for o, level, _ in headings(text) if level <= max_level and o > 0]
+    bounds = [0, *cuts, len(text)]
+    return strip_spans(text, zip(bounds, bounds[1:], strict=False))
+
+
+def pack_units(text: str, max_pieces: int) -> list[tuple[int, int]]:
+    """Whole sentences and lines (:func:`units_of`) packed in order while a chunk stays
+    within ``max_pieces`` word pieces; one that alone is longer is cut by word pieces."""
+    units = units_of(text)
+    sizes = count_pieces([text[a:b] for a, b in units])
     out: list[tuple[int, int]] = []
-    for a, b in zip([0, *bounds], [*bounds, len(text)], strict=True):
-        units = [(a + x, a + y) for x, y in units_of(text[a:b])]
-        sizes = count_pieces([text[x:y] for x, y in units])
-        current: list[int] = []  # indices into units
-        for i, n in enumerate(sizes):
-            if n > max_pieces:  # one huge sentence: flush, then cut it by word pieces
-                if current:
-                    out.append((units[current[0]][0], units[current[-1]][1]))
-                    current = []
-                u0, u1 = units[i]
-                out.extend((u0 + x, u0 + y) for x, y in fixed_tokens(text[u0:u1], max_pieces))
-                continue
-            if current and sum(sizes[j] for j in current) + n > max_pieces:
-                out.append((units[current[0]][0], units[current[-1]][1]))
-                current = current[-overlap_units:] if overlap_units else []
-                while current and sum(sizes[j] for j in current) + n > max_pieces:
-                    current.pop(0)
-            current.append(i)
-        if current:
-            out.append((units[current[0]][0], units[current[-1]][1]))
-    return _stripped(text, out)
+    start = end = used = 0  # the chunk being packed: text[start:end], `used` word pieces
+    for (a, b), n in zip(units, sizes, strict=True):
+        if used and used + n > max_pieces:
+            out.append((start, end))
+            used = 0
+        if n > max_pieces:  # one huge sentence (a long table row, code): cut it
+            out.extend((a + x, a + y) for x, y in fixed_tokens(text[a:b], max_pieces))
+            continue
+        start, end, used = (start if used else a), b, used + n
+    if used:
+        out.append((start, end))
+    return strip_spans(text, out)
+
+
+_PARAGRAPH = re.compile(r"[^\n](?:.|\n(?!\n))*")  # a run of lines up to a blank line
+
+
+def paragraphs(text: str) -> list[tuple[int, int]]:
+    """Spans of the paragraphs of ``text`` (blocks between blank lines; a list, a table or
+    a code block without blank lines is one block), headings left out."""
+    return [(m.start(), m.end()) for m in _PARAGRAPH.finditer(text)
+            if not m.group().startswith("#")]
 
 
 def chunk_handbook(docs: Sequence[Document],

@@ -1,4 +1,5 @@
-"""Benchmark of notebook 05_rag_pipeline, and the command line that rebuilds the seed.
+"""Benchmark of notebook 05_rag_pipeline (every chunker on both corpora), and the command
+line that rebuilds the seed.
 
 ``python -m labsupport.bench.rag_pipeline seed`` rebuilds ``data/hr_policies/
 embeddings_seed.npz`` after a handbook edit; ``… ask "question"`` answers from the
@@ -8,7 +9,6 @@ handbook; ``… bench`` prints :func:`benchmark` (``make bench`` calls ``benchma
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,53 +21,66 @@ from labsupport.checks import rag_pipeline as checks
 from labsupport.explore import rag_pipeline as explore
 
 
+def table_chunkers() -> dict[str, Any]:
+    """Every chunker of the table: the baselines, LangChain's, the starter, the answer key."""
+    from labsupport.solutions import rag_pipeline as answer_key
+
+    return {**explore.CHUNKERS, **explore.langchain_baselines(),
+            "starter: 2,000 characters": checks.starter_chunker,
+            f"answer key: sections, sentences packed to {answer_key.MAX_PIECES}":
+                answer_key.my_chunker}
+
+
+def _spans_of(chunker: Any) -> Any:
+    """A chunker that may return strings (the starter), as one that returns spans."""
+    def spans(text: str) -> list[tuple[int, int]]:
+        out = list(chunker(text))
+        return explore.locate(rag.Document("doc", text), out) if out and isinstance(
+            out[0], str) else out
+    return spans
+
+
 def benchmark() -> dict[str, Any]:
-    """Chunks embedded per second (cold cache) and the evaluation table on all questions."""
+    """Chunks embedded per second (cold cache), and every chunker on both corpora."""
     import time
 
-    docs, questions = rag.load_handbook(), explore.load_questions()
+    docs = rag.load_handbook()
     fresh = rag.EmbeddingCache()
-    sample = rag.chunk_handbook(docs[:3], explore.CHUNKERS["structure 200 pieces"])
+    sample = rag.chunk_handbook(docs[:3], rag.paragraphs)
     embeddings.embed(["warm-up"])  # the first call pays for torch's one-time set-up
     started = time.perf_counter()
     fresh.embed([c.text for c in sample])
     rate = len(sample) / (time.perf_counter() - started)
     cache = rag.default_cache()
-    table = [explore.evaluate(name, rag.chunk_handbook(docs, fn), questions, cache).row()
-             for name, fn in {**explore.CHUNKERS, **explore.langchain_baselines()}.items()]
+    table = explore.compare_chunkers({n: _spans_of(f) for n, f in table_chunkers().items()},
+                                     cache)
     return {"chunks embedded per second": round(rate, 1),
-            f"evaluation (top 5, {len(questions)} questions)": table}
+            "every chunker, both corpora (held-out questions, top 5)":
+                [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+                 for row in table]}
 
 
 # --- the seed file and the command line ---------------------------------------------
 
-_PARAGRAPH = re.compile(r"[^\n](?:.|\n(?!\n))*")  # a run of lines up to a blank line
 
-
-def paragraphs(text: str) -> list[tuple[int, int]]:
-    """Spans of the paragraphs of ``text`` (blocks between blank lines; a list or a table is
-    one block), headings left out. The data test embeds them."""
-    return [(m.start(), m.end()) for m in _PARAGRAPH.finditer(text)
-            if not m.group().startswith("#")]
-
-
-def seed_texts(docs: Sequence[rag.Document] | None = None,
-               questions: Sequence[explore.Question] | None = None) -> list[str]:
-    """Every text the notebook, the checker and the data test embed: the chunks of each
-    chunking they use (the four chunkers, the emulated LangChain baselines, the sweep, the
-    starter and the answer key), the questions, and the handbook's paragraphs."""
-    from labsupport.solutions import rag_pipeline as answer_key
-
-    docs = rag.load_handbook() if docs is None else docs
-    questions = explore.load_questions() if questions is None else questions
-    chunkings = [rag.chunk_handbook(docs, fn) for fn in explore.CHUNKERS.values()]
-    chunkings += [rag.chunk_handbook(docs, lambda t, s=s, o=o: rag.recursive(t, s, o))
-                  for s, o in ((4000, 200), (200, 0))]
-    chunkings += [explore.sweep_chunking(docs, s, o) for s, o in explore.sweep_configs()]
-    chunkings += [checks.learner_chunks(docs, checks.starter_chunker),
-                  checks.learner_chunks(docs, answer_key.my_chunker)]
-    texts = [c.text for chunks in chunkings for c in chunks] + [q.question for q in questions]
-    texts += [d.text[a:b] for d in docs for a, b in paragraphs(d.text)]  # the data test's
+def seed_texts() -> list[str]:
+    """Every text the notebook, the checker and the data test embed: on both corpora, the
+    chunks of every chunker of the table and the questions; on the handbook, the sweep's
+    chunks and the dilution measurement's chunks."""
+    texts: list[str] = []
+    for corpus in explore.CORPORA:
+        docs, _ = explore.load_corpus(corpus)
+        data_dir, _ = explore.CORPORA[corpus]
+        for chunker in table_chunkers().values():
+            texts += [c.text for c in rag.chunk_handbook(docs, _spans_of(chunker))]
+        texts += [q.question for q in explore.load_questions(None, data_dir)]
+    docs, heldout = explore.load_corpus("handbook")
+    for size, overlap in explore.sweep_configs():
+        texts += [c.text for c in explore.sweep_chunking(docs, size, overlap)]
+    by_name = {d.name: d for d in docs}
+    for q in heldout:
+        for n in explore.DILUTION_LENGTHS:
+            texts += list(explore.dilution_texts(q, by_name[q.spans[0].doc], n) or ())
     return list(dict.fromkeys(texts))
 
 
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         from labsupport.solutions import rag_pipeline as answer_key
 
         cache = rag.default_cache()
-        chunks = checks.learner_chunks(rag.load_handbook(), answer_key.my_chunker)
+        chunks = rag.chunk_handbook(rag.load_handbook(), answer_key.my_chunker)
         hits = rag.retrieve(args.question, chunks, cache.embed([c.text for c in chunks]), cache)
         print(rag.answer(args.question, hits, cache))
     else:

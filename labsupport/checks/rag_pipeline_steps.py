@@ -280,10 +280,9 @@ def _step_4_rows(fn: Callable[..., Any], corpus: list[str]) -> Iterator[ex.Check
             def in_big(a: int, b: int, big: list = big) -> bool:
                 return any(u0 <= a and b <= u1 for u0, u1 in big)
 
-            for (a, b), (c, d) in zip(got, got[1:], strict=False):
-                if not in_big(a, b) and not in_big(c, d) and \
-                        rag.count_pieces([text[a:d]])[0] <= budget:
-                    mergeable += 1
+            pairs = [(a, d) for (a, b), (c, d) in zip(got, got[1:], strict=False)
+                     if not in_big(a, b) and not in_big(c, d)]
+            mergeable += sum(n <= budget for n in rag.count_pieces([text[a:d] for a, d in pairs]))
         yield ex.Check(f"budget {budget} word pieces", not over and not lost and not cut,
                        "no chunk over it (unless one sentence alone is), every non-space "
                        "character in a chunk, no sentence cut that fits",

@@ -22,14 +22,68 @@ import numpy as np
 from labsupport import rag_pipeline as rag
 from labsupport.rag_pipeline import MAX_TEXT_PIECES, Chunk, Document, EmbeddingCache, Span
 
+# --- a baseline: LangChain-style recursive splitting ------------------------------
+
+RECURSIVE_SEPARATORS = ("\n\n", "\n", " ", "")  # LangChain's default hierarchy
+
+
+def _split_on(text: str, start: int, end: int, sep: str) -> list[tuple[int, int]]:
+    """text[start:end] split before each ``sep`` (kept, as LangChain's keep_separator=True)."""
+    if sep == "":
+        return [(i, i + 1) for i in range(start, end)]
+    cuts, at = [start], text.find(sep, start + 1, end)
+    while at >= 0:
+        cuts.append(at)
+        at = text.find(sep, at + 1, end)
+    cuts.append(end)
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def recursive(text: str, size: int = 800, overlap: int = 0,
+              separators: Sequence[str] = RECURSIVE_SEPARATORS,
+              length: Callable[[str], int] = len) -> list[tuple[int, int]]:
+    """LangChain-style recursive splitting: split on the first separator that occurs,
+    recurse into pieces still longer than ``size``, then merge neighbours up to ``size``
+    keeping up to ``overlap`` of the previous chunk's tail. Spans, whitespace stripped."""
+    if not 0 <= overlap < size:
+        raise ValueError("need 0 <= overlap < size")
+
+    def pieces(a: int, b: int, seps: Sequence[str]) -> list[tuple[int, int]]:
+        sep_i = next((i for i, s in enumerate(seps) if s == "" or s in text[a:b]), len(seps) - 1)
+        out = []
+        for p in _split_on(text, a, b, seps[sep_i]):
+            if length(text[p[0]:p[1]]) > size and sep_i + 1 < len(seps):
+                out.extend(pieces(p[0], p[1], seps[sep_i + 1:]))
+            else:
+                out.append(p)
+        return out
+
+    units, chunks, current = pieces(0, len(text), tuple(separators)), [], []
+    for unit in units:
+        if current and length(text[current[0][0]:unit[1]]) > size:
+            chunks.append((current[0][0], current[-1][1]))
+            while current and (length(text[current[0][0]:current[-1][1]]) > overlap
+                               or length(text[current[0][0]:unit[1]]) > size):
+                current.pop(0)  # keep only a tail of at most `overlap`
+        current.append(unit)
+    if current:
+        chunks.append((current[0][0], current[-1][1]))
+    return rag.strip_spans(text, chunks)
+
+
 # --- the chunkers the notebook compares ---------------------------------------------
 
+# The baselines every chunking is compared with. The two fixed-size ones set the scenario's
+# IoU bar; the last two are the extremes the taught chunker sits between.
 CHUNKERS: dict[str, Callable[[str], list[tuple[int, int]]]] = {
-    "fixed 800 chars": lambda t: rag.fixed_chars(t, 800, 0),
-    "fixed 200 tokens": lambda t: rag.fixed_tokens(t, 200, 0),
-    "recursive 800/0": lambda t: rag.recursive(t, 800, 0),
-    "structure 200 pieces": lambda t: rag.structure_aware(t, 200, 0),
+    "fixed 500 chars, overlap 100": lambda t: rag.fixed_chars(t, 500, 100),
+    "fixed 128 tokens": lambda t: rag.fixed_tokens(t, 128, 0),
+    "recursive 800/0": lambda t: recursive(t, 800, 0),
+    "paragraphs": rag.paragraphs,
+    "one chunk per section": rag.heading_sections,
+    "one sentence per chunk": lambda t: rag.strip_spans(t, rag.units_of(t)),
 }
+FIXED_SIZE = ("fixed 500 chars, overlap 100", "fixed 128 tokens")
 
 
 def locate(doc: Document, pieces: Sequence[str]) -> list[tuple[int, int]]:
@@ -58,12 +112,12 @@ def langchain_baselines() -> dict[str, Callable[[str], list[tuple[int, int]]]]:
     """LangChain's RecursiveCharacterTextSplitter at its defaults (4000/200) and at 200/0.
 
     Uses ``langchain-text-splitters`` when installed (spans located in the source), else
-    the mechanism's ``rag.recursive``, which follows the same separator hierarchy."""
+    ``recursive`` above, which follows the same separator hierarchy."""
     try:
         from langchain_text_splitters import RecursiveCharacterTextSplitter
     except ImportError:
         return {f"recursive {s}/{o} (LangChain emulated)":
-                (lambda t, s=s, o=o: rag.recursive(t, s, o)) for s, o in ((4000, 200), (200, 0))}
+                (lambda t, s=s, o=o: recursive(t, s, o)) for s, o in ((4000, 200), (200, 0))}
 
     def real(size: int, overlap: int) -> Callable[[str], list[tuple[int, int]]]:
         splitter = RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=overlap)
@@ -107,6 +161,18 @@ def best_alternative(question: Question, retrieved: Sequence[Chunk]) -> dict[str
                 (question.spans,)), key=lambda s: (s["recall"], s["iou"]))
 
 
+# The handbook is the course's corpus (its tuning questions may be used to choose settings);
+# the tech docs are a second, held-out corpus: documentation of a fictional message broker,
+# never used to tune anything.
+CORPORA = {"handbook": (rag.DATA_DIR, "handbook"), "tech docs": (rag.TECH_DOCS_DIR, "docs")}
+
+
+def load_corpus(name: str) -> tuple[list[Document], list[Question]]:
+    """A corpus's documents and its held-out questions (see :data:`CORPORA`)."""
+    data_dir, folder = CORPORA[name]
+    return rag.load_handbook(data_dir, folder), load_questions("heldout", data_dir)
+
+
 @dataclass
 class Evaluation:
     """Mean scores of one chunker over a question set, and the per-question recalls."""
@@ -147,6 +213,29 @@ def evaluate(name: str, chunks: Sequence[Chunk], questions: Sequence[Question],
     mean = {m: float(np.mean([s[m] for s in scores])) for m in ("recall", "precision", "iou")}
     return Evaluation(name, len(chunks), mean["recall"], mean["precision"], mean["iou"],
                       {kk: hits[kk] / n_spans for kk in ks}, per_q, scores)
+
+
+def comparison_row(corpus: str, name: str, chunks: Sequence[Chunk],
+                   questions: Sequence[Question], cache: EmbeddingCache) -> dict[str, Any]:
+    """One row of the chunker table: size of the chunks and the top-5 span scores."""
+    e = evaluate(name, chunks, questions, cache)
+    pieces = rag.count_pieces([c.text for c in chunks])
+    return {"corpus": corpus, "chunker": name, "chunks": len(chunks),
+            f"over {rag.TRAINED_PIECES} pieces": sum(n > rag.TRAINED_PIECES for n in pieces),
+            "truncated (over 256)": sum(n > MAX_TEXT_PIECES for n in pieces),
+            "recall@5": e.recall, "precision@5": e.precision, "IoU@5": e.iou}
+
+
+def compare_chunkers(chunkers: dict[str, Callable[[str], Any]], cache: EmbeddingCache,
+                     corpora: Sequence[str] = tuple(CORPORA)) -> list[dict[str, Any]]:
+    """The table of every chunker on every corpus (held-out questions, top 5)."""
+    rows = []
+    for corpus in corpora:
+        docs, questions = load_corpus(corpus)
+        for name, chunker in chunkers.items():
+            rows.append(comparison_row(corpus, name, rag.chunk_handbook(docs, chunker),
+                                       questions, cache))
+    return rows
 
 
 # --- what MiniLM never reads --------------------------------------------------------
@@ -198,6 +287,44 @@ def readable_gold_fraction(chunks: Sequence[Chunk], questions: Sequence[Question
     return covered / sum(s.end - s.start for s in gold)
 
 
+# --- does a longer chunk hide its answer? --------------------------------------------
+
+DILUTION_LENGTHS = (32, 64, 128, 192, 254, 320)  # word pieces of the whole chunk
+
+
+def dilution_texts(question: Question, doc: Document, length: int) -> tuple[str, str] | None:
+    """Two chunks of ``length`` word pieces holding the question's (one) gold span: the
+    answer first, then other text of its document; and that text first, the answer last.
+    None when the answer or the document is too short."""
+    span = question.spans[0]
+    gold = doc.text[span.start:span.end]
+    filler = doc.text[:span.start] + doc.text[span.end:]
+    offsets = rag.word_piece_offsets(filler)
+    need = length - rag.count_pieces([gold])[0]
+    if len(question.spans) > 1 or need < 1 or need > len(offsets):
+        return None
+    rest = filler[: offsets[need - 1][1]]
+    return f"{gold} {rest}", f"{rest} {gold}"
+
+
+def dilution(questions: Sequence[Question], docs: Sequence[Document], cache: EmbeddingCache,
+             lengths: Sequence[int] = DILUTION_LENGTHS) -> list[dict[str, Any]]:
+    """Mean cosine similarity of each question with a chunk holding its answer, as the chunk
+    grows: answer first, and answer last. Questions whose answer fits the shortest length."""
+    by_name = {d.name: d for d in docs}
+    usable = [q for q in questions if all(dilution_texts(q, by_name[q.spans[0].doc], n)
+                                          for n in lengths)]
+    q_vecs = cache.embed([q.question for q in usable])
+    rows = []
+    for n in lengths:
+        first, last = zip(*(dilution_texts(q, by_name[q.spans[0].doc], n) for q in usable),
+                          strict=True)
+        rows.append({"chunk length (word pieces)": n, "questions": len(usable),
+                     "answer first": float((cache.embed(list(first)) * q_vecs).sum(1).mean()),
+                     "answer last": float((cache.embed(list(last)) * q_vecs).sum(1).mean())})
+    return rows
+
+
 # --- explore: chunk size and overlap ------------------------------------------------
 
 SWEEP_SIZES = (200, 400, 800, 1600)  # characters, recursive chunker
@@ -223,7 +350,7 @@ def sweep_configs() -> list[tuple[int, int]]:
 
 
 def sweep_chunking(docs: Sequence[Document], size: int, overlap: int) -> list[Chunk]:
-    return rag.chunk_handbook(docs, lambda t: rag.recursive(t, size, overlap))
+    return rag.chunk_handbook(docs, lambda t: recursive(t, size, overlap))
 
 
 def run_sweep(docs: Sequence[Document], questions: Sequence[Question],

@@ -1,9 +1,10 @@
-"""Wrong answers to notebook 05's scenario exercise ("the HR assistant gives incomplete
-answers").
+"""Wrong answers to notebook 05's steps, its scenario exercise ("the HR assistant gives
+incomplete answers") and its quiz.
 
-Each builder returns a chunker ``my_chunker(text)`` a learner could plausibly write: strings
-that are verbatim pieces of ``text``, or ``(start, end)`` offsets. The checker ingests the
-whole handbook with it and must tell every one "not yet", with the named row failing.
+Each scenario builder returns a chunker ``my_chunker(text)`` a learner could plausibly write:
+strings that are verbatim pieces of ``text``, or ``(start, end)`` offsets. The checker ingests
+the handbook and the tech docs with it and must tell every one "not yet", with the named row
+failing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from labsupport import rag_pipeline as rag
 from labsupport.checks import rag_pipeline as checks
+from labsupport.explore import rag_pipeline as explore
 from labsupport.solutions import rag_pipeline as key
 
 from . import Exercise, WrongAnswer, step
@@ -88,7 +90,28 @@ def sentence_per_chunk(text, max_pieces):
 
 def character_budget(text, max_pieces):
     """Packs by characters (4 per word piece, a rule of thumb), not by word pieces."""
-    return [(a, b) for a, b in rag.recursive(text, 4 * max_pieces, 0)]
+    return explore.recursive(text, 4 * max_pieces, 0)
+
+
+def cut_at_visible_gold() -> Chunker:
+    """Chunks cut exactly at the gold spans of the questions the notebook shows (the tuning
+    split), 128-piece windows elsewhere: a lookup of the labels, not a chunking rule."""
+    gold: dict[str, list[tuple[int, int]]] = {}
+    for q in explore.load_questions("tuning"):
+        for s in q.spans:
+            gold.setdefault(s.doc, []).append((s.start, s.end))
+    by_text = {d.text: d.name for d in rag.load_handbook()}
+
+    def my_chunker(text: str) -> list[tuple[int, int]]:
+        spans = gold.get(by_text.get(text, ""), [])
+        cuts = sorted({0, len(text), *(x for ab in spans for x in ab)})
+        out = []
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            out.extend((a + x, a + y) for x, y in rag.fixed_tokens(text[a:b], 128)
+                       if text[a + x:a + y].strip())
+        return out
+
+    return my_chunker
 
 
 def _strip_markdown(text: str) -> list[str]:
@@ -129,32 +152,46 @@ EXERCISES = [
         answer_key=lambda: key.my_chunker,
         gallery=[
             WrongAnswer("starter", "2,000-character windows: about 400 word pieces, so MiniLM "
-                        "never reads the second half of each chunk", starter, "model's limit"),
-            WrongAnswer("whole document", "one vector per policy blends every topic and "
-                        "MiniLM reads only its first 254 word pieces",
-                        lambda: lambda text: [text], "model's limit"),
-            WrongAnswer("the fixed-size baseline", "200-word-piece windows fit the model but "
-                        "cut through answers and carry unrelated text: no better than the "
-                        "baseline", lambda: lambda text: rag.fixed_tokens(text, 200, 0),
-                        "IoU@5 above the fixed-size baseline"),
-            WrongAnswer("recursive 800 characters", "LangChain-style splitting at 800 "
-                        "characters keeps chunks under the limit but too broad: answers come "
-                        "buried in unrelated text",
-                        lambda: lambda text: rag.recursive(text, 800, 0),
-                        "IoU@5 above the fixed-size baseline"),
-            WrongAnswer("one chunk per line", "a rule, its exception and its heading end up in "
-                        "different chunks, so the top 5 miss part of the answer",
-                        lambda: lambda text: [line for line in text.split("\n") if line.strip()],
-                        "span recall@5"),
-            WrongAnswer("one chunk per paragraph", "blank lines split an answer from its "
-                        "heading and its conditions: recall falls below the target",
+                        "never reads the second half of each chunk", starter, "no chunk over"),
+            WrongAnswer("one chunk per document", "one vector per policy blends every topic "
+                        "and MiniLM reads only its first 254 word pieces",
+                        lambda: lambda text: [text], "no chunk over"),
+            WrongAnswer("one chunk per section", "sections run to hundreds of word pieces: "
+                        "over what MiniLM was trained on, some truncated",
+                        lambda: rag.heading_sections, "no chunk over"),
+            WrongAnswer("fixed 500 characters, overlap 100", "the common default: cuts "
+                        "through answers and repeats 100 characters, so the top 5 carry "
+                        "much unrelated text", lambda: explore.CHUNKERS[
+                            "fixed 500 chars, overlap 100"], "handbook: IoU"),
+            WrongAnswer("fixed 128 tokens", "fits the model but cuts through answers: the "
+                        "baseline itself", lambda: explore.CHUNKERS["fixed 128 tokens"],
+                        "handbook: IoU"),
+            WrongAnswer("one sentence per chunk", "a rule, its exception and its heading end "
+                        "up in different chunks, so the top 5 miss part of the answer",
+                        lambda: explore.CHUNKERS["one sentence per chunk"],
+                        "handbook: span recall@5"),
+            WrongAnswer("one chunk per paragraph", "blank lines make good cuts, but a long "
+                        "table or list is one paragraph, over 128 word pieces",
                         lambda: lambda text: [p for p in text.split("\n\n") if p.strip()],
-                        "span recall@5"),
+                        "no chunk over"),
+            WrongAnswer("cut at the visible questions' gold", "fits the labels of the "
+                        "questions it was shown, not the documents: the tech docs have no "
+                        "such labels", cut_at_visible_gold, "tech docs: IoU"),
             WrongAnswer("Markdown stripped", "rewritten chunks cannot be traced to a span of "
                         "the source, so nothing can be cited or scored",
                         lambda: _strip_markdown, "your code runs"),
             WrongAnswer("nothing", "no chunks: nothing to retrieve",
                         lambda: lambda text: [], "chunks produced"),
+        ],
+    ),
+    Exercise(
+        id=f"{checks.EXERCISE_ID}/quiz", check=lambda a: checks.check_quiz(a),
+        answer_key=lambda: key.QUIZ_ANSWERS,
+        gallery=[
+            WrongAnswer("truncation is an error", "believes MiniLM refuses long inputs",
+                        lambda: {**key.QUIZ_ANSWERS, "truncation": 2}, "truncation"),
+            WrongAnswer("IoU as recall", "answers 1.0: the span is retrieved in full",
+                        lambda: {**key.QUIZ_ANSWERS, "iou": 1.0}, "iou"),
         ],
     ),
 ]
