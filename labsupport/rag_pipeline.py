@@ -199,9 +199,10 @@ _PARAGRAPH = re.compile(r"[^\n](?:.|\n(?!\n))*")  # a run of lines up to a blank
 
 def paragraphs(text: str) -> list[tuple[int, int]]:
     """Spans of the paragraphs of ``text`` (blocks between blank lines; a list, a table or
-    a code block without blank lines is one block), headings left out."""
+    a code block without blank lines is one block), blocks that start with a heading left out."""
+    heading_starts = {offset for offset, _, _ in headings(text)}  # not a '#' inside code
     return [(m.start(), m.end()) for m in _PARAGRAPH.finditer(text)
-            if not m.group().startswith("#")]
+            if m.start() not in heading_starts]
 
 
 def chunk_handbook(docs: Sequence[Document],

@@ -1,6 +1,7 @@
 """Tests of labsupport.rag_pipeline (notebook 05), its checks, explore and bench layers,
-and its data set, data/hr_policies."""
+and its data sets, data/hr_policies and data/tech_docs."""
 
+import functools
 import json
 import re
 
@@ -59,7 +60,7 @@ def _paragraph_index():
     """Every paragraph of the handbook, its vector, and where each document's rows are."""
     rows, where = [], {}
     for d in DOCS:
-        spans = bench.paragraphs(d.text)
+        spans = rag.paragraphs(d.text)
         where[d.name] = (len(rows), [(d.name, a, b) for a, b in spans])
         rows += [d.text[a:b] for a, b in spans]
     return rows, where
@@ -69,7 +70,7 @@ def _gold_paragraphs(q, spans=None):
     """(doc, paragraph number) of every paragraph that overlaps one of the gold spans."""
     out = set()
     for s in spans or q.spans:
-        for j, (a, b) in enumerate(bench.paragraphs(BY_NAME[s.doc].text)):
+        for j, (a, b) in enumerate(rag.paragraphs(BY_NAME[s.doc].text)):
             if a < s.end and s.start < b:
                 out.add((s.doc, j))
     return out
@@ -115,17 +116,52 @@ def test_gold_spans_read_as_answers_to_their_questions():
     assert sum(r <= 3 for r in wrong) <= 0.4 * len(QUESTIONS), sorted(wrong)
 
 
+def test_tech_docs_corpus_loads_with_its_held_out_questions():
+    docs, questions = explore.load_corpus("tech docs")
+    assert len(docs) == 19 and len(questions) == 74
+    assert [d.name for d in docs] == sorted(p.name for p in (rag.TECH_DOCS_DIR / "docs").glob("*.md"))
+    by_name = {d.name: d for d in docs}
+    raw = {row["id"]: row for row in map(json.loads, (rag.TECH_DOCS_DIR / "questions.jsonl")
+                                         .read_text(encoding="utf-8").splitlines())}
+    assert {q.id for q in questions} == {i for i, r in raw.items() if r["split"] == "heldout"}
+    for q in questions:
+        want = raw[q.id]["alternatives"]
+        assert len(q.alternatives) == len(want) >= 1 and q.spans == q.alternatives[0]
+        for alt, rows in zip(q.alternatives, want, strict=True):
+            assert [(s.doc, s.start, s.end) for s in alt] == [
+                (r["doc"], r["start"], r["end"]) for r in rows], q.id
+            for s, r in zip(alt, rows, strict=True):
+                assert by_name[s.doc].text[s.start:s.end] == r["text"], q.id
+    handbook_docs, handbook_qs = explore.load_corpus("handbook")
+    assert [d.name for d in handbook_docs] == [d.name for d in DOCS]
+    assert [q.id for q in handbook_qs] == [q.id for q in QUESTIONS if q.split == "heldout"]
+
+
 # --- the embedding seed -------------------------------------------------------------
+
+
+@functools.cache
+def _seed_texts():
+    return tuple(bench.seed_texts())  # slow: both corpora, every chunker, the sweep
 
 
 def test_seed_covers_what_the_notebook_checker_and_data_test_embed():
     seed = rag.load_seed()
     cache = rag.EmbeddingCache()
-    missing = [t for t in bench.seed_texts() if cache.key(t)[:rag.SEED_KEY_HEX] not in seed]
+    missing = [t for t in _seed_texts() if cache.key(t)[:rag.SEED_KEY_HEX] not in seed]
     assert not missing, (f"{len(missing)} texts are not in the seed: run "
                          "`python -m labsupport.bench.rag_pipeline seed`; "
                          f"first: {missing[0][:80]!r}")
-    assert rag.SEED_PATH.stat().st_size < 5e6  # a few MB: the repository stays small
+    texts = set(_seed_texts())  # what the checker and the tests below embed is in it
+    from labsupport.solutions import rag_pipeline as key
+    tech, tech_qs = explore.load_corpus("tech docs")
+    assert {q.question for q in tech_qs} <= texts
+    assert {c.text for c in rag.chunk_handbook(tech, key.my_chunker)} <= texts
+    assert {c.text for c in explore.sweep_chunking(DOCS, 400, 100)} <= texts
+    q = next(q for q in QUESTIONS if q.split == "heldout" and len(q.spans) == 1)
+    assert set(explore.dilution_texts(q, BY_NAME[q.spans[0].doc], 320)) <= texts
+    # a few MB: the repository stays small (two corpora since issue 19: 11,316 vectors, 8.1 MB)
+    assert rag.SEED_PATH.stat().st_size < 10e6
     assert all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in list(seed.values())[:50])
 
 
@@ -133,7 +169,7 @@ def test_seed_agrees_with_the_live_model():
     from labsupport import embeddings
 
     seed = rag.load_seed()
-    texts = bench.seed_texts()
+    texts = _seed_texts()
     sample = [texts[i] for i in np.random.default_rng(0).choice(len(texts), 24, replace=False)]
     live = embeddings.embed(sample)
     stored = np.stack([seed[rag.EmbeddingCache().key(t)[:rag.SEED_KEY_HEX]] for t in sample])
@@ -199,7 +235,7 @@ def test_fixed_tokens_respects_size_and_overlap():
 
 @pytest.mark.parametrize("size,overlap", [(800, 0), (400, 100), (120, 30)])
 def test_recursive_sizes_overlap_and_no_loss(size, overlap):
-    spans = rag.recursive(SAMPLE.text, size, overlap)
+    spans = explore.recursive(SAMPLE.text, size, overlap)
     assert _covers_all(SAMPLE.text, spans)
     assert all(b - a <= size for a, b in spans)
     if overlap == 0:
@@ -211,22 +247,140 @@ def test_recursive_sizes_overlap_and_no_loss(size, overlap):
 
 def test_recursive_prefers_paragraph_breaks():
     text = "aaa aaa\n\nbbb bbb\n\nccc ccc"
-    assert [text[a:b] for a, b in rag.recursive(text, 10, 0)] == ["aaa aaa", "bbb bbb", "ccc ccc"]
+    assert [text[a:b] for a, b in explore.recursive(text, 10, 0)] == ["aaa aaa", "bbb bbb", "ccc ccc"]
 
 
-@pytest.mark.parametrize("overlap_units", [0, 1])
-def test_structure_aware_headings_sentences_limit(overlap_units):
-    spans = rag.structure_aware(SAMPLE.text, 120, overlap_units)
-    assert _covers_all(SAMPLE.text, spans)
-    assert max(rag.count_pieces([SAMPLE.text[a:b] for a, b in spans])) <= 120
-    for a, b in spans:  # no chunk crosses a heading
-        assert not re.search(r"\n#{1,3} ", SAMPLE.text[a + 1:b])
-    if overlap_units:
-        assert any(b > c for (_, b), (c, _) in zip(spans, spans[1:], strict=False))
+def _sections_packed_150(text):
+    """Sections at headings, then sentences packed under 150 word pieces (as spans)."""
+    return [(a + x, a + y) for a, b in rag.heading_sections(text)
+            for x, y in rag.pack_units(text[a:b], 150)]
+
+
+FENCED = ("# Install\n\nRun the installer.\n\n```bash\n# a shell comment, not a heading\n"
+          "tern install\n```\n\n## Configure\n\nEdit the file.\n\n~~~\n# also a comment\n"
+          "## and this\n~~~\n\n#### Deep detail\n\nA note.\n\n### Check\n\nDone.\n")
+
+
+def test_headings_skip_fenced_comment_lines_and_find_the_real_ones():
+    expect = [(0, 1, "Install"), (FENCED.index("## Configure"), 2, "Configure"),
+              (FENCED.index("#### Deep"), 4, "Deep detail"), (FENCED.index("### Check"), 3, "Check")]
+    assert rag.headings(FENCED) == expect
+    assert rag.heading_index(FENCED) == [
+        (0, ("Install",)), (expect[1][0], ("Install", "Configure")),
+        (expect[2][0], ("Install", "Configure", "Deep detail")),
+        (expect[3][0], ("Install", "Configure", "Check"))]
+    inside = FENCED.index("tern install")  # in the fence: still under "Install"
+    assert rag.headings_at(rag.heading_index(FENCED), inside) == ("Install",)
+
+
+def test_headings_of_the_tech_docs_skip_their_fenced_comment():
+    doc = next(d for d in explore.load_corpus("tech docs")[0] if d.name == "07_queue_settings.md")
+    comment = doc.text.index("# ... fix the mail relay")
+    assert doc.text[comment - 1] == "\n"  # a line that looks like a heading...
+    offsets = [o for o, _, _ in rag.headings(doc.text)]
+    assert comment not in offsets and offsets  # ...inside a fence: not one
+    assert offsets == [o for o, _ in rag.heading_index(doc.text)]
+
+
+def _heading_lines(text, max_level):
+    """Reference: offsets of lines `#…# title` (1 to max_level #) outside ``` / ~~~ fences."""
+    out, offset, fenced = [], 0, False
+    for line in text.splitlines(keepends=True):
+        if re.match(r"(```|~~~)", line):
+            fenced = not fenced
+        elif not fenced and re.match(rf"#{{1,{max_level}}}[ \t]+\S", line):
+            out.append(offset)
+        offset += len(line)
+    return out
+
+
+ALL_DOCS = [d for corpus in explore.CORPORA for d in explore.load_corpus(corpus)[0]]
+
+
+@pytest.mark.parametrize("max_level", [1, 2, 3])
+def test_heading_sections_cut_at_every_heading_and_nowhere_else(max_level):
+    for d in [rag.Document("fenced.md", FENCED), *ALL_DOCS]:
+        spans = rag.heading_sections(d.text, max_level)
+        assert _covers_all(d.text, spans), d.name
+        assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:], strict=False))
+        assert all(not d.text[a].isspace() and not d.text[b - 1].isspace() for a, b in spans)
+        heads = _heading_lines(d.text, max_level)
+        for a, b in spans:  # no section crosses a heading of level <= max_level
+            assert not [h for h in heads if a < h < b], (d.name, d.text[a:a + 60])
+        starts = {a for a, _ in spans}
+        assert set(heads) <= starts, d.name  # every such heading opens a section
+        assert len(spans) == len(heads) + (not d.text.startswith("#")), d.name
+
+
+def test_heading_sections_hand_worked():
+    got = [FENCED[a:b] for a, b in rag.heading_sections(FENCED)]
+    assert got == [FENCED[:FENCED.index("## Configure")].strip(),
+                   FENCED[FENCED.index("## Configure"):FENCED.index("### Check")].strip(),
+                   "### Check\n\nDone."]  # the fenced "# …" and "## …" and "####" cut nothing
+    assert [FENCED[a:b].split("\n")[0] for a, b in rag.heading_sections(FENCED, 1)] == [
+        "# Install"]
+    assert rag.heading_sections("\n\n  ") == []
+    assert rag.heading_sections("No heading at all.\n") == [(0, 18)]
+
+
+def test_pack_units_hand_worked():
+    text = "One two. Three four. Five six."  # three units of 3 word pieces each
+    assert rag.pack_units(text, 6) == [(0, 20), (21, 30)]
+    assert rag.pack_units(text, 9) == [(0, 30)]
+    assert rag.pack_units(text, 3) == [(0, 8), (9, 20), (21, 30)]
+    # a unit of 9 pieces over a budget of 3 is cut by word pieces; its neighbours stay whole
+    text = "Short one. a b c d e f g h. End."
+    assert [text[a:b] for a, b in rag.pack_units(text, 3)] == [
+        "Short one.", "a b c", "d e f", "g h.", "End."]
+    assert rag.pack_units("", 10) == [] and rag.pack_units("  \n ", 10) == []
+
+
+def _pack_cases():
+    sections = [(d, a, b) for d in (SAMPLE, *explore.load_corpus("tech docs")[0][5:8])
+                for a, b in rag.heading_sections(d.text)]
+    long_line = "| " + " | ".join(f"setting_{i} value {i}" for i in range(60)) + " |\n"
+    return [d.text[a:b] for d, a, b in sections] + [
+        SAMPLE.text, "Short. " * 40 + long_line + "Tail sentence. " * 10]
+
+
+PACK_CASES = _pack_cases()
+
+
+@pytest.mark.parametrize("budget", [24, 80, 128])
+def test_pack_units_budget_no_loss_greedy_and_ordered(budget):
+    for text in PACK_CASES:
+        spans = rag.pack_units(text, budget)
+        assert _covers_all(text, spans)
+        assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:], strict=False))
+        units = rag.units_of(text)
+        big = [u for u, n in zip(units, rag.count_pieces([text[a:b] for a, b in units]),
+                                 strict=True) if n > budget]
+
+        def in_big(a, b, big=big):
+            return any(u0 <= a and b <= u1 for u0, u1 in big)
+
+        pieces = rag.count_pieces([text[a:b] for a, b in spans])
+        for (a, b), n in zip(spans, pieces, strict=True):
+            assert n <= budget or in_big(a, b), (budget, n, text[a:b][:80])
+        for (a, b), (c, d) in zip(spans, spans[1:], strict=False):
+            if not in_big(a, b) and not in_big(c, d):  # packed greedily: no two would fit
+                assert rag.count_pieces([text[a:d]])[0] > budget, (budget, text[a:d][:80])
+    assert any(big for text in PACK_CASES  # the cases do hold a unit over the budget
+               for big in [n > 24 for n in rag.count_pieces(
+                   [text[a:b] for a, b in rag.units_of(text)])])
+
+
+def test_paragraphs_are_blocks_between_blank_lines_without_headings():
+    text = ("# Title\n\nFirst line one.\nline two.\n\n## Sub\n\n- item 1\n- item 2\n\n\n"
+            "| a | b |\n|---|---|\n| 1 | 2 |\n\nLast.")
+    got = [text[a:b] for a, b in rag.paragraphs(text)]
+    assert got == ["First line one.\nline two.", "- item 1\n- item 2",
+                   "| a | b |\n|---|---|\n| 1 | 2 |", "Last."]
+    assert rag.paragraphs("") == [] and rag.paragraphs("# Only a heading\n") == []
 
 
 def test_chunks_map_back_to_source_with_heading_path():
-    chunks = rag.chunk_handbook([SAMPLE], lambda t: rag.recursive(t, 300, 0))
+    chunks = rag.chunk_handbook([SAMPLE], lambda t: explore.recursive(t, 300, 0))
     for c in chunks:
         assert SAMPLE.text[c.start:c.end] == c.text
         assert c.headings[0] == "Annual Leave"
@@ -303,7 +457,7 @@ def test_top_k_matches_brute_force():
 
 
 def test_chroma_retrieval_matches_numpy_cosine(tmp_path):
-    chunks = rag.chunk_handbook(DOCS[:2], lambda t: rag.recursive(t, 600, 0))
+    chunks = rag.chunk_handbook(DOCS[:2], lambda t: explore.recursive(t, 600, 0))
     cache = rag.EmbeddingCache(embed_fn=_fake_embed)
     vecs = cache.embed([c.text for c in chunks])
     coll = rag.chroma_collection(chunks, vecs, "test-rag", path=tmp_path)
@@ -315,7 +469,7 @@ def test_chroma_retrieval_matches_numpy_cosine(tmp_path):
 
 
 def test_prompt_and_extractive_answer_cite_sources():
-    chunks = rag.chunk_handbook([SAMPLE], lambda t: rag.structure_aware(t, 150))
+    chunks = rag.chunk_handbook([SAMPLE], _sections_packed_150)
     cache = rag.default_cache()
     vecs = cache.embed([c.text for c in chunks])
     hits = rag.retrieve("How much leave can I carry over?", chunks, vecs, cache, k=3)
@@ -340,16 +494,79 @@ def test_llm_answer_speaks_openai_chat_completions():
 # --- the exercise -------------------------------------------------------------------
 
 
-def test_checker_starter_fails_solution_passes(tmp_path, monkeypatch):
-    from labsupport.solutions import rag_pipeline as key
+@pytest.fixture(scope="module")
+def seeded():
+    return rag.default_cache()
+
+
+@pytest.mark.parametrize("corpus", list(explore.CORPORA))
+def test_fixed_size_best_is_the_measured_best_of_the_fixed_size_baselines(corpus, seeded):
+    docs, heldout = explore.load_corpus(corpus)
+    runs = [explore.evaluate(name, rag.chunk_handbook(docs, explore.CHUNKERS[name]), heldout,
+                             seeded) for name in explore.FIXED_SIZE]
+    best = checks.FIXED_SIZE_BEST[corpus]
+    assert abs(max(e.recall for e in runs) - best["recall"]) <= 0.0005, [e.row() for e in runs]
+    assert abs(max(e.iou for e in runs) - best["iou"]) <= 0.0005, [e.row() for e in runs]
+
+
+@pytest.fixture
+def progress(tmp_path, monkeypatch):
     monkeypatch.setenv("LABSUPPORT_PROGRESS", str(tmp_path / "p.json"))
+
+
+def _failed(result):
+    return {c.name: c for c in result.checks if not c.passed}
+
+
+def test_checker_starter_fails_solution_passes(progress):
+    from labsupport.solutions import rag_pipeline as key
     starter = checks.check_exercise(checks.starter_chunker)
     assert not starter.passed
-    assert {c.name for c in starter.checks if not c.passed} >= {
-        "no chunk over the model's limit", "IoU@5 above the fixed-size baseline"}
-    assert checks.check_exercise(key.my_chunker, solution_mode=True).passed
+    failed = _failed(starter)
+    assert f"no chunk over {rag.TRAINED_PIECES} word pieces" in failed
+    assert {"handbook", "tech docs"} <= {n.split(":")[0] for n in failed if "IoU@5" in n}
+    solved = checks.check_exercise(key.my_chunker, solution_mode=True)
+    assert solved.passed
+    names = [c.name for c in solved.checks]
+    assert len(names) == 5 and sum("recall@5" in n for n in names) == 2
+    assert sum("IoU@5" in n for n in names) == 2
     assert not checks.check_exercise(None).passed
     assert not checks.check_exercise(lambda t: ["not in the handbook"]).passed
+
+
+def test_checker_refuses_a_limit_over_128_without_a_reason_and_any_over_254(progress):
+    from labsupport.solutions import rag_pipeline as key
+    short = checks.check_exercise(key.my_chunker, limit=200, because="short")
+    assert short.verdict == "Not yet"
+    row = _failed(short)["a word-piece limit you can defend"]
+    assert "short" in row.found and "200" in row.found
+    argued = "MiniLM reads 254 word pieces; our tables need whole rows, up to 200."
+    assert len(argued) >= checks.MIN_REASON_CHARACTERS
+    allowed = checks.check_exercise(key.my_chunker, limit=200, because=argued)
+    assert allowed.passed and "argued" in allowed.checks[0].expected
+    over = checks.check_exercise(key.my_chunker, limit=300, because=argued)
+    assert over.verdict == "Not yet" and "a word-piece limit you can defend" in _failed(over)
+    assert "limit 300" in _failed(over)["a word-piece limit you can defend"].found
+
+
+@pytest.mark.parametrize("spans", [
+    lambda t: [(0, len(t) + 10)], lambda t: [(-5, 10)], lambda t: [(30, 10)]])
+def test_checker_turns_a_span_outside_the_text_into_a_failed_row(progress, spans):
+    result = checks.check_exercise(spans)  # no traceback escapes
+    assert result.verdict == "Not yet"
+    row = _failed(result)["your code runs"]
+    assert "not inside the text" in row.found and "explore.load_corpus" in row.hint
+    inside = checks.learner_chunks([SAMPLE], lambda t: [(0, 14), (16, 29)])
+    assert [c.text for c in inside] == ["# Annual Leave", "Rest matters."]
+
+
+def test_quiz_answer_key_passes_and_a_wrong_answer_does_not(progress):
+    from labsupport.solutions import rag_pipeline as key
+    assert set(key.QUIZ_ANSWERS) == set(checks.QUIZ.questions)
+    assert checks.check_quiz(key.QUIZ_ANSWERS, solution_mode=True).passed
+    wrong = checks.check_quiz({**key.QUIZ_ANSWERS, "iou": 0.5})
+    assert not wrong.passed and wrong.score == len(key.QUIZ_ANSWERS) - 1
+
 
 
 # --- truncation and the explorer ----------------------------------------------------
@@ -369,10 +586,40 @@ def test_visible_parts_stop_at_the_models_limit():
 
 def test_readable_gold_fraction_is_one_for_small_chunks_and_lower_for_the_starter():
     qs = [q for q in QUESTIONS if q.spans[0].doc == SAMPLE.name]
-    small = rag.chunk_handbook([SAMPLE], lambda t: rag.structure_aware(t, 150))
+    small = rag.chunk_handbook([SAMPLE], _sections_packed_150)
     assert explore.readable_gold_fraction(small, qs) == pytest.approx(1.0)
     big = checks.learner_chunks([SAMPLE], checks.starter_chunker)
     assert explore.readable_gold_fraction(big, qs) < 0.9
+
+
+def test_dilution_texts_have_the_asked_length_and_hold_the_answer():
+    docs, heldout = explore.load_corpus("handbook")
+    by_name = {d.name: d for d in docs}
+    made = 0
+    for q in heldout:
+        gold = by_name[q.spans[0].doc].text[q.spans[0].start:q.spans[0].end]
+        for n in explore.DILUTION_LENGTHS:
+            pair = explore.dilution_texts(q, by_name[q.spans[0].doc], n)
+            if pair is None:
+                doc_pieces, gold_pieces = rag.count_pieces([by_name[q.spans[0].doc].text, gold])
+                assert len(q.spans) > 1 or gold_pieces >= n or doc_pieces < n + 2, (q.id, n)
+                continue
+            first, last = pair
+            assert first.startswith(gold) and last.endswith(gold)
+            assert all(abs(k - n) <= 2 for k in rag.count_pieces([first, last])), (q.id, n)
+            made += 1
+    assert made >= len(explore.DILUTION_LENGTHS) * len(heldout) // 2
+
+
+def test_dilution_answer_last_is_lost_past_what_the_model_reads(seeded):
+    docs, heldout = explore.load_corpus("handbook")
+    rows = explore.dilution(heldout, docs, seeded)
+    assert [r["chunk length (word pieces)"] for r in rows] == list(explore.DILUTION_LENGTHS)
+    assert len({r["questions"] for r in rows}) == 1 and rows[0]["questions"] >= 20
+    at = {r["chunk length (word pieces)"]: r for r in rows}
+    assert at[320]["answer last"] < at[254]["answer last"]
+    # answer first: past 254 pieces the model reads the same text as at 254
+    assert at[320]["answer first"] == pytest.approx(at[254]["answer first"], abs=1e-3)
 
 
 def test_sweep_explorer_reads_precomputed_results_and_redraws():
@@ -393,7 +640,7 @@ def test_sweep_explorer_reads_precomputed_results_and_redraws():
 
 
 def test_chroma_reindex_removes_chunks_of_an_old_version(tmp_path):
-    chunks = rag.chunk_handbook([SAMPLE], lambda t: rag.recursive(t, 600, 0))
+    chunks = rag.chunk_handbook([SAMPLE], lambda t: explore.recursive(t, 600, 0))
     vecs = rag.EmbeddingCache(embed_fn=_fake_embed).embed([c.text for c in chunks])
     rag.chroma_collection(chunks, vecs, "test-reindex", path=tmp_path)
     coll = rag.chroma_collection(chunks[:-3], vecs[:-3], "test-reindex", path=tmp_path)

@@ -40,7 +40,7 @@ def learner_chunks(docs: Sequence[rag.Document], chunker: Callable[[str], Any],
             result = list(chunker(d.text))
             if result and all(isinstance(x, tuple | list) and len(x) == 2 for x in result):
                 spans = [(int(a), int(b)) for a, b in result]
-                bad = [(a, b) for a, b in spans if not 0 <= a < b <= len(d.text)]
+                bad = [(a, b) for a, b in spans if not 0 <= a <= b <= len(d.text)]
                 if bad:
                     raise ValueError(f"span {bad[0]} is not inside the text (0 to {len(d.text)})")
             else:
