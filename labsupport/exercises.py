@@ -95,7 +95,7 @@ COURSE: tuple[Exercise, ...] = (
              "ingestion (chunk, embed, store) and query (embed, retrieve, answer)",
              "rag_pipeline",
              "Python and a little numpy; what an embedding is (a vector whose dot product "
-             "with another measures similarity of meaning).", 30, steps=4),
+             "with another measures similarity of meaning).", 40, steps=4),
     Exercise("06_ai_observability", "AI observability",
              "TTFT, token throughput, P99, queue depth", "ai_observability",
              "Python; percentiles (02); notebook 03 (queues) helps.", 35, steps=4),
