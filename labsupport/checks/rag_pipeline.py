@@ -22,6 +22,9 @@ IOU_FACTOR = 1.5  # IoU must be at least this times the best fixed-size baseline
 # each corpus's held-out questions; tests/test_rag_pipeline.py measures them again.
 FIXED_SIZE_BEST = {"handbook": {"recall": 0.881, "iou": 0.050},
                    "tech docs": {"recall": 0.781, "iou": 0.033}}
+# On the tech docs recall may fall short of the fixed-size baseline's by this much: one or two of
+# 74 questions, the difference between budgets of 80, 90 and 100 word pieces there.
+RECALL_TOLERANCE = 0.02
 MIN_REASON_CHARACTERS = 40  # an argument for chunks over 128 pieces: a sentence, not "ok"
 
 
@@ -76,13 +79,14 @@ def _corpus_rows(corpus: str, chunks: list[rag.Chunk], cache: rag.EmbeddingCache
              or range(len(mine.scores)))  # answers retrieved in full, the most buried one
     noisy = min(found, key=lambda i: mine.scores[i]["iou"])
     noisy_q, noisy_s = heldout[noisy], mine.scores[noisy]
-    target = RECALL_TARGET if corpus == "handbook" else best["recall"]
+    target = RECALL_TARGET if corpus == "handbook" else best["recall"] - RECALL_TOLERANCE
     gap = "" if handbook_recall is None else f" ({handbook_recall - mine.recall:.3f} below " \
                                              f"your handbook figure)"
     recall_row = ex.Check(f"{corpus}: span recall@5, {len(heldout)} held-out questions",
                    mine.recall >= target,
                    f"≥ {target:.3f}" + ("" if corpus == "handbook" else
-                                        " (the best fixed-size baseline's)"),
+                                        f" (the best fixed-size baseline's {best['recall']:.3f}, "
+                                        f"less {RECALL_TOLERANCE})"),
                    f"{mine.recall:.3f}{gap}; e.g. {worst_q.id} {worst_q.question!r} got "
                    f"{worst_r:.2f} of its gold characters",
                    hint="Cut at headings and sentence ends so an answer is not split across "
