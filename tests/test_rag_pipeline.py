@@ -505,8 +505,8 @@ def test_fixed_size_best_is_the_measured_best_of_the_fixed_size_baselines(corpus
     runs = [explore.evaluate(name, rag.chunk_handbook(docs, explore.CHUNKERS[name]), heldout,
                              seeded) for name in explore.FIXED_SIZE]
     best = checks.FIXED_SIZE_BEST[corpus]
-    assert abs(max(e.recall for e in runs) - best["recall"]) <= 0.0005, [e.row() for e in runs]
-    assert abs(max(e.iou for e in runs) - best["iou"]) <= 0.0005, [e.row() for e in runs]
+    assert abs(max(e.recall for e in runs) - best["recall"]) <= 0.0005, [(e.name, e.recall, e.iou) for e in runs]
+    assert abs(max(e.iou for e in runs) - best["iou"]) <= 0.0005, [(e.name, e.recall, e.iou) for e in runs]
 
 
 @pytest.fixture

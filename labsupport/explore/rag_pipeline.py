@@ -1,7 +1,8 @@
-"""Explore and measure notebook 05_rag_pipeline: the gold questions, the evaluation of a
-chunking against them, what MiniLM never reads, and the chunk-size/overlap explorer.
+"""Explore and measure notebook 05_rag_pipeline: the baseline chunkers, the two corpora and
+their gold questions, the evaluation of a chunking against them, what MiniLM never reads and
+what length costs it, and the chunk-size/overlap explorer.
 
-The mechanism (chunkers, cache, Chroma, retrieval, answers, span metrics) is in
+The mechanism (chunking blocks, cache, Chroma, retrieval, answers, span metrics) is in
 ``labsupport.rag_pipeline``. Evaluation follows Chroma's technical report "Evaluating
 Chunking Strategies for Retrieval" (Smith & Troynikov, 2024), with characters in place of
 tokens: for the top-k chunks of a question, recall = gold characters covered / gold
@@ -182,37 +183,26 @@ class Evaluation:
     recall: float
     precision: float
     iou: float
-    recall_at: dict[int, float]  # k -> fraction of gold spans fully inside the top k
     per_question: list[tuple[Question, float]]  # (question, recall@k)
     # per question: recall, precision, iou, and the characters retrieved
     scores: list[dict[str, float]] = field(default_factory=list)
 
-    def row(self) -> dict[str, Any]:
-        return {"chunker": self.name, "chunks": self.n_chunks,
-                "recall@5": round(self.recall, 3), "precision@5": round(self.precision, 3),
-                "IoU@5": round(self.iou, 3),
-                **{f"span hit@{k}": round(v, 3) for k, v in self.recall_at.items()}}
-
 
 def evaluate(name: str, chunks: Sequence[Chunk], questions: Sequence[Question],
-             cache: EmbeddingCache, k: int = 5, ks: Sequence[int] = (1, 3, 5, 10)) -> Evaluation:
-    """Embed chunks and questions (through the cache) and score the top ``k``."""
+             cache: EmbeddingCache, k: int = 5) -> Evaluation:
+    """Embed chunks and questions (through the cache) and score the top ``k`` of each
+    question by its best-answered alternative."""
     chunk_vecs = cache.embed([c.text for c in chunks])
     q_vecs = cache.embed([q.question for q in questions])
-    ranked = rag.top_k(q_vecs, chunk_vecs, max(k, *ks))
-    scores, per_q, hits = [], [], {kk: 0 for kk in ks}
-    n_spans = sum(len(q.spans) for q in questions)
-    for q, row in zip(questions, ranked, strict=True):
-        top = [chunks[i] for i in row[:k]]
+    scores, per_q = [], []
+    for q, row in zip(questions, rag.top_k(q_vecs, chunk_vecs, k), strict=True):
+        top = [chunks[i] for i in row]
         s = {**best_alternative(q, top), "retrieved": float(sum(c.end - c.start for c in top))}
         scores.append(s)
         per_q.append((q, s["recall"]))
-        for kk in ks:
-            got = [chunks[i] for i in row[:kk]]
-            hits[kk] += sum(rag.span_scores([sp], got)["recall"] >= 0.999 for sp in q.spans)
     mean = {m: float(np.mean([s[m] for s in scores])) for m in ("recall", "precision", "iou")}
     return Evaluation(name, len(chunks), mean["recall"], mean["precision"], mean["iou"],
-                      {kk: hits[kk] / n_spans for kk in ks}, per_q, scores)
+                      per_q, scores)
 
 
 def comparison_row(corpus: str, name: str, chunks: Sequence[Chunk],
