@@ -283,11 +283,11 @@ def _step_4_rows(fn: Callable[..., Any], corpus: list[str]) -> Iterator[ex.Check
             pairs = [(a, d) for (a, b), (c, d) in zip(got, got[1:], strict=False)
                      if not in_big(a, b) and not in_big(c, d)]
             mergeable += sum(n <= budget for n in rag.count_pieces([text[a:d] for a, d in pairs]))
+        over_text = f"{len(over)} over (largest {max(over)})" if over else "none over it"
         yield ex.Check(f"budget {budget} word pieces", not over and not lost and not cut,
                        "no chunk over it (unless one sentence alone is), every non-space "
                        "character in a chunk, no sentence cut that fits",
-                       f"{total} chunks; {len(over)} over (largest {max(over, default=0)}); "
-                       f"{lost} characters lost; {cut} sentences cut",
+                       f"{total} chunks; {over_text}; {lost} characters lost; {cut} sentences cut",
                        hint="Pack whole units (rag.units_of: sentences and lines) while the "
                             "count (rag.count_pieces) stays within the budget; a unit alone "
                             "over the budget is cut by word pieces (rag.fixed_tokens).")

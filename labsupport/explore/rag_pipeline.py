@@ -212,7 +212,7 @@ def comparison_row(corpus: str, name: str, chunks: Sequence[Chunk],
     pieces = rag.count_pieces([c.text for c in chunks])
     return {"corpus": corpus, "chunker": name, "chunks": len(chunks),
             f"over {rag.TRAINED_PIECES} pieces": sum(n > rag.TRAINED_PIECES for n in pieces),
-            "truncated (over 256)": sum(n > MAX_TEXT_PIECES for n in pieces),
+            "truncated (over 254)": sum(n > MAX_TEXT_PIECES for n in pieces),
             "recall@5": e.recall, "precision@5": e.precision, "IoU@5": e.iou}
 
 

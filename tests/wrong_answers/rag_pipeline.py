@@ -174,6 +174,10 @@ EXERCISES = [
                         "table or list is one paragraph, over 128 word pieces",
                         lambda: lambda text: [p for p in text.split("\n\n") if p.strip()],
                         "no chunk over"),
+            WrongAnswer("paragraphs", "blank lines make good cuts, but long lists and tables "
+                        "are one paragraph: 8 handbook chunks over 128 word pieces, and 7 tech-"
+                        "docs chunks MiniLM truncates", lambda: rag.paragraphs,
+                        "handbook: no chunk over"),
             WrongAnswer("cut at the visible questions' gold", "fits the labels of the "
                         "questions it was shown, not the documents: the tech docs have no "
                         "such labels", cut_at_visible_gold, "tech docs: IoU"),
