@@ -239,9 +239,12 @@ def test_metrics_endpoint_uses_otel_names_and_buckets(server):
 
 def test_http_run_equals_offline_simulation(server):
     work = obs.make_workload(8.0, 4.0, seed=9)
-    run = services.run_load(server.url, work, scrape_every_s=0.5)
+    for _attempt in range(3):  # a busy machine can send requests late: then run it again
+        run = services.run_load(server.url, work, scrape_every_s=0.5)
+        if run.late_requests == 0:
+            break
     sim = obs.simulate(work, server.config)
-    assert run.late_requests == 0
+    assert run.late_requests == 0, "three runs in a row sent requests late: machine too busy"
     for got, want in zip(run.records, sim.records, strict=True):
         assert got.token_times_s == pytest.approx(want.token_times_s, abs=1e-6)
     # The scraped histogram saw every request; the counter every token.
