@@ -81,8 +81,9 @@ def _corpus_rows(corpus: str, chunks: list[rag.Chunk], cache: rag.EmbeddingCache
     noisy = min(found, key=lambda i: mine.scores[i]["iou"])
     noisy_q, noisy_s = heldout[noisy], mine.scores[noisy]
     target = RECALL_TARGET if corpus == "handbook" else best["recall"] - RECALL_TOLERANCE
-    gap = "" if handbook_recall is None else f" ({handbook_recall - mine.recall:.3f} below " \
-                                             f"your handbook figure)"
+    gap = "" if handbook_recall is None else (
+        f" ({abs(handbook_recall - mine.recall):.3f} "
+        f"{'below' if mine.recall <= handbook_recall else 'above'} your handbook figure)")
     recall_row = ex.Check(f"{corpus}: span recall@5, {len(heldout)} held-out questions",
                    mine.recall >= target,
                    f"≥ {target:.3f}" + ("" if corpus == "handbook" else
