@@ -109,12 +109,12 @@ def _checks(answer_fn: Any, *, limit: int = rag.TRAINED_PIECES, because: str = "
     if bad:
         yield bad
         return
-    if limit > rag.MAX_TEXT_PIECES or (limit > rag.TRAINED_PIECES and (
+    if type(limit) is not int or limit > rag.MAX_TEXT_PIECES or (limit > rag.TRAINED_PIECES and (
             not isinstance(because, str) or len(because.strip()) < MIN_REASON_CHARACTERS)):
         yield ex.Check("a word-piece limit you can defend", False,
                        f"≤ {rag.TRAINED_PIECES}, or up to {rag.MAX_TEXT_PIECES} with a reason "
                        f"of at least {MIN_REASON_CHARACTERS} characters",
-                       f"limit {limit}, reason {because!r:.60}",
+                       f"limit {limit!r}, reason {because!r:.60}",
                        hint="MiniLM never reads past 254 word pieces of text, whatever you argue.")
         return
     cache = cache or rag.default_cache()
