@@ -467,14 +467,16 @@ def reset_progress(path: Path | None = None) -> None:
     (path or progress_path()).unlink(missing_ok=True)
 
 
-def progress_rows(path: Path | None = None) -> list[dict[str, Any]]:
+def progress_rows(path: Path | None = None, *,
+                  progress: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per notebook, in course order: its steps, its scenario and its quiz.
 
     ``steps_passed`` of ``steps`` (the notebook's declared steps, or more if the progress
     file knows more), the scenario's ``passed``, ``attempts`` and ``passed_at``, and the
-    quiz's best ``quiz_score`` of ``quiz_out_of`` (None before the first attempt).
+    quiz's best ``quiz_score`` of ``quiz_out_of`` (None before the first attempt). From the
+    file at ``path``, or from ``progress`` already read (the instructor's view reads others').
     """
-    progress = load_progress(path)
+    progress = load_progress(path) if progress is None else progress
     rows = []
     for ex in COURSE:
         scenario = progress.get(ex.id, {})
