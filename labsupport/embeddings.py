@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Sequence
@@ -80,14 +81,33 @@ def cache_root() -> Path:
     return Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "labsupport"))
 
 
+def _writable(folder: Path) -> bool:
+    """Can this process create files in ``folder`` (creating it if need be)? Tried, not
+    guessed from permission bits: a read-only mount refuses even root."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def derived_cache_root() -> Path:
+    """Where the course writes what it derives (embedding caches, 05's Chroma store): the
+    cache folder when it is writable, else the user's own ``~/.cache/labsupport``. A hub may
+    point every learner's ``$LABSUPPORT_CACHE`` at one read-only folder that holds the model."""
+    root = cache_root()
+    return root if _writable(root) else Path.home() / ".cache" / "labsupport"
+
+
 def default_model_dir() -> Path:
     return cache_root() / "models" / f"all-MiniLM-L6-v2-{MODEL_REVISION}"
 
 
 def clear_caches() -> list[Path]:
-    """Delete the derived caches under :func:`cache_root` (embeddings of the course's data
-    sets, which are recomputed on demand); keep the verified model. Returns what went."""
-    root = cache_root()
+    """Delete the derived caches under :func:`derived_cache_root` (embeddings of the course's
+    data sets, which are recomputed on demand); keep the verified model. Returns what went."""
+    root = derived_cache_root()
     removed = [p for p in root.iterdir() if p.is_dir() and p.name != "models"] if root.is_dir() else []
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)

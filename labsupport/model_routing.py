@@ -274,7 +274,7 @@ def embed_requests(requests: Sequence[Request] | Sequence[str], *,
         return np.zeros((0, 384), dtype=np.float32)
     if use_disk_cache not in _CACHES:  # keys name the model: two models' vectors never mix
         model = os.environ.get(embeddings.ENV_MODEL) or embeddings.MODEL_NAME
-        path = embeddings.cache_root() / "routing" / "embeddings.npz"  # the course cache
+        path = embeddings.derived_cache_root() / "routing" / "embeddings.npz"  # the course cache
         _CACHES[use_disk_cache] = (embeddings.EmbeddingCache.load(path, model=model)
                                    if use_disk_cache else embeddings.EmbeddingCache(model=model))
     return _CACHES[use_disk_cache].embed(texts)  # loads the model only for unseen texts

@@ -236,7 +236,7 @@ def default_cache() -> EmbeddingCache:
     ``$LABSUPPORT_EMBEDDING_MODEL`` set, keys name that model and the seed (made with
     all-MiniLM-L6-v2) is not used: vectors of two models never mix."""
     override = os.environ.get(embeddings.ENV_MODEL)
-    return EmbeddingCache.load(embeddings.cache_root() / "rag" / "embeddings.npz",
+    return EmbeddingCache.load(embeddings.derived_cache_root() / "rag" / "embeddings.npz",
                                model=override or embeddings.MODEL_NAME,
                                seed={} if override else load_seed())
 
@@ -248,7 +248,7 @@ def chroma_collection(chunks: Sequence[Chunk], vectors: np.ndarray, name: str,
     import chromadb
     from chromadb.config import Settings
 
-    path = path or embeddings.cache_root() / "rag" / "chroma"
+    path = path or embeddings.derived_cache_root() / "rag" / "chroma"
     client = chromadb.PersistentClient(path=str(path),
                                        settings=Settings(anonymized_telemetry=False))
     coll = client.get_or_create_collection(

@@ -99,3 +99,28 @@ def test_read_only_model_folder_still_verifies(tmp_path, monkeypatch):
     monkeypatch.setattr(type(target), "write_text", read_only)
     embeddings.verify_model_dir(target, full=True)  # hashes, cannot write, does not fail
     assert not (target / ".verified.json").exists()
+
+
+def test_a_read_only_cache_sends_derived_caches_to_the_users_own(tmp_path, monkeypatch):
+    """A hub shares one read-only $LABSUPPORT_CACHE holding the model: the embedding caches and
+    05's Chroma store go to the user's ~/.cache/labsupport instead (checked by hand on a real
+    read-only bind mount; here the mount is simulated, since root writes through permissions)."""
+    shared, home = tmp_path / "shared", tmp_path / "home"
+    monkeypatch.setenv(embeddings.ENV_CACHE, str(shared))
+    monkeypatch.setenv("HOME", str(home))
+    assert embeddings.derived_cache_root() == shared  # writable: one folder for everything
+    real = embeddings._writable
+    monkeypatch.setattr(embeddings, "_writable", lambda folder: folder != shared and real(folder))
+    assert embeddings.derived_cache_root() == home / ".cache" / "labsupport"
+    assert embeddings.default_model_dir().parent == shared / "models"  # the model stays shared
+    from labsupport import rag_pipeline as rag
+    assert rag.default_cache().path == home / ".cache" / "labsupport" / "rag" / "embeddings.npz"
+    (home / ".cache" / "labsupport" / "rag").mkdir(parents=True)
+    assert [p.name for p in embeddings.clear_caches()] == ["rag"]  # the user's, not the shared
+
+
+def test_writable_is_tried_not_guessed(tmp_path):
+    assert embeddings._writable(tmp_path / "new" / "folder")  # created on the way
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert not embeddings._writable(blocker / "below")  # a file where a folder should be
