@@ -10,12 +10,10 @@ import ast
 import calendar
 import hashlib
 import json
-import os
 import random
 import re
 import subprocess
 import sys
-import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pytest
 
 from labsupport import vector_database_design as vdb
 from labsupport.checks import vector_database_design as checks
+from labsupport.checks import vector_database_design_steps as step_checks
 from labsupport.explore import vector_database_design as explore
 from labsupport.services import vector_database_design as services
 from labsupport.solutions import vector_database_design as answer_key
@@ -179,20 +178,11 @@ def test_dates_and_departments_keeps_what_a_brute_force_filter_keeps(location, s
 
 def test_dates_and_departments_is_the_same_in_new_york():
     utc = [vdb.dates_and_departments(*case) for case in DATE_CASES]
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "America/New_York"
-    time.tzset()
-    try:
+    with step_checks._time_zone("America/New_York"):  # the zone step 3's check runs in
         start = DATE_CASES[0][0]
         # the switch took: local midnight is not UTC midnight here
         assert int(datetime.fromisoformat(start).timestamp()) == _utc_seconds(start) + 5 * 3600
         in_new_york = [vdb.dates_and_departments(*case) for case in DATE_CASES]
-    finally:
-        if before is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
     assert in_new_york == utc
 
 

@@ -67,10 +67,10 @@ def _limit_row(corpus: str, chunks: list[rag.Chunk], limit: int, because: str) -
                          f"rag.count_pieces and pack sentences under a budget (step 4).")
 
 
-def _corpus_rows(corpus: str, chunks: list[rag.Chunk], cache: rag.EmbeddingCache,
+def _corpus_rows(corpus: str, chunks: list[rag.Chunk], heldout: list[explore.Question],
+                 cache: rag.EmbeddingCache,
                  handbook_recall: float | None = None) -> tuple[list[ex.Check], float]:
     """The recall and IoU rows of one corpus, and the recall (for the next corpus's row)."""
-    heldout = explore.load_corpus(corpus)[1]
     if not chunks:
         return [ex.Check(f"{corpus}: chunks produced", False, "at least one chunk", "0")], 0.0
     mine = explore.evaluate("yours", chunks, heldout, cache)
@@ -120,10 +120,11 @@ def _checks(answer_fn: Any, *, limit: int = rag.TRAINED_PIECES, because: str = "
     cache = cache or rag.default_cache()
     handbook_recall = None
     for corpus in explore.CORPORA:  # the handbook first: its recall goes into the next row
-        chunks = learner_chunks(explore.load_corpus(corpus)[0], answer_fn, corpus)
+        docs, heldout = explore.load_corpus(corpus)
+        chunks = learner_chunks(docs, answer_fn, corpus)
         if chunks:
             yield _limit_row(corpus, chunks, limit, because)
-        rows, recall = _corpus_rows(corpus, chunks, cache, handbook_recall)
+        rows, recall = _corpus_rows(corpus, chunks, heldout, cache, handbook_recall)
         yield from rows
         handbook_recall = recall if handbook_recall is None else handbook_recall
 

@@ -302,13 +302,13 @@ def dilution(questions: Sequence[Question], docs: Sequence[Document], cache: Emb
     """Mean cosine similarity of each question with a chunk holding its answer, as the chunk
     grows: answer first, and answer last. Questions whose answer fits the shortest length."""
     by_name = {d.name: d for d in docs}
-    usable = [q for q in questions if all(dilution_texts(q, by_name[q.spans[0].doc], n)
-                                          for n in lengths)]
-    q_vecs = cache.embed([q.question for q in usable])
+    texts = {n: [dilution_texts(q, by_name[q.spans[0].doc], n) for q in questions]
+             for n in lengths}  # built once: each call tokenizes the document
+    usable = [i for i in range(len(questions)) if all(texts[n][i] for n in lengths)]
+    q_vecs = cache.embed([questions[i].question for i in usable])
     rows = []
     for n in lengths:
-        first, last = zip(*(dilution_texts(q, by_name[q.spans[0].doc], n) for q in usable),
-                          strict=True)
+        first, last = zip(*(texts[n][i] for i in usable), strict=True)
         rows.append({"chunk length (word pieces)": n, "questions": len(usable),
                      "answer first": float((cache.embed(list(first)) * q_vecs).sum(1).mean()),
                      "answer last": float((cache.embed(list(last)) * q_vecs).sum(1).mean())})
