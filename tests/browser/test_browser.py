@@ -233,14 +233,20 @@ def _move_a_control_and_see_a_figure_change(screen: Screen, before: list[dict]) 
 
 def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
     """Reload the tab: every figure comes back showing data, a live one its latest data."""
-    screen.page.keyboard.press("Control+s")  # outputs saved, as JupyterLab's autosave would
-    # Reload only once the save is done (the tab drops its "modified" mark): a fixed pause
-    # reloaded an older file on a busy machine, and the check then saw old or no figures.
+    # Outputs saved, as JupyterLab's autosave would. Reload only once the server has answered
+    # this save's PUT: a fixed pause, and then waiting for the tab's "modified" mark to go
+    # (absent already when an autosave had just run), both reloaded while the file was still
+    # being written on a busy machine, and the check then saw old or no figures.
+    def _saved(response) -> bool:
+        return "/api/contents/" in response.url and response.request.method == "PUT"
+
     try:
+        with screen.page.expect_response(_saved, timeout=30_000):
+            screen.page.keyboard.press("Control+s")
         screen.page.wait_for_selector(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty",
                                       state="detached", timeout=30_000)
     except PlaywrightTimeout:
-        screen.fail("the notebook was still marked modified 30 s after Ctrl+S")
+        screen.fail("the notebook was not saved within 30 s of Ctrl+S")
     screen.page.wait_for_timeout(500)
     screen.page.reload()
     _wait_for_notebook(screen)
