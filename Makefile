@@ -6,6 +6,7 @@
 #   make bench      run every notebook with SOLUTION=True: seconds, peak MB, verdict
 #   make solutions  the answer-key handout: every notebook executed, as HTML
 #   make reset      forget exercise progress and caches (your notebook edits stay)
+#   make classroom  twenty simulated learners on a real JupyterHub (about half an hour)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +15,7 @@ DEPS   := $(VENV)/.deps-installed
 # JupyterLab refuses to run as root without this flag (CI and containers run as root).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab test chromium bench solutions reset lock course-map strip git-filter
+.PHONY: setup model lab test chromium bench solutions reset lock course-map strip git-filter classroom
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -108,3 +109,26 @@ course-map: $(DEPS)
 # Strip outputs from every notebook before committing.
 strip: $(DEPS)
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+# The class test (tests/classroom): a real JupyterHub on 127.0.0.1 (JupyterHub from PyPI,
+# configurable-http-proxy from npm, both installed here, not by `make test`), twenty learners
+# each running every notebook through the hub's proxy. CLASS_SIZES="1 5 10 20" holds several
+# classes (default "1 20": the class of one gives the times alone). It mounts the shared
+# folder read-only, so as root it needs CAP_SYS_ADMIN.
+CLASSROOM := .classroom
+HUB_DEPS  := $(CLASSROOM)/.hub-installed
+CHP       := $(CLASSROOM)/node_modules/.bin/configurable-http-proxy
+
+$(HUB_DEPS): tests/classroom/requirements.txt | $(DEPS)
+	$(PY) -m pip install --disable-pip-version-check -r $< -c requirements.lock
+	mkdir -p $(CLASSROOM) && touch $@
+
+$(CHP):
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; \
+	  else echo "npm is missing: install Node.js (20 or later) and npm"; exit 1; fi; }
+	npm install --no-audit --no-fund --prefix $(CLASSROOM) configurable-http-proxy@5.3.0
+
+classroom: setup $(HUB_DEPS) $(CHP)
+	$(PY) -m pytest tests/classroom -s -p no:cacheprovider

@@ -100,6 +100,16 @@ def derived_cache_root() -> Path:
     return root if _writable(root) else Path.home() / ".cache" / "labsupport"
 
 
+def shared_copy(path: Path) -> Path | None:
+    """The same derived file in a read-only ``$LABSUPPORT_CACHE``, when derived files go to
+    the user's own folder: a hub administrator can compute them there once for the class
+    (``python -m labsupport.embeddings --warm``). None when the cache folder is the user's."""
+    derived, shared = derived_cache_root(), cache_root()
+    if derived == shared or not path.is_relative_to(derived):
+        return None
+    return shared / path.relative_to(derived)
+
+
 def default_model_dir() -> Path:
     return cache_root() / "models" / f"all-MiniLM-L6-v2-{MODEL_REVISION}"
 
@@ -336,10 +346,12 @@ class EmbeddingCache:
 
     @classmethod
     def load(cls, path: Path, **kwargs: Any) -> EmbeddingCache:
+        """The cache saved at ``path``, after the shared read-only copy of it if there is one."""
         cache = cls(path=path, **kwargs)
-        if path.is_file():
-            with np.load(path) as data:
-                cache.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+        for source in (shared_copy(path), path):
+            if source is not None and source.is_file():
+                with np.load(source) as data:
+                    cache.vectors.update(zip(data["keys"].tolist(), data["vectors"], strict=True))
         return cache
 
 
@@ -388,7 +400,11 @@ def _chroma_class() -> type:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Extract and verify the model; print where it is. Exit 1 with the fix if not."""
+    """Extract and verify the model; print where it is. Exit 1 with the fix if not.
+
+    ``--warm`` also embeds 04's requests into the cache folder (about 20 s of CPU), which a
+    hub administrator runs once before sharing the folder read-only: each learner's first
+    Run All of 04 then reads them instead of embedding them again."""
     try:
         path = model_path()
         if not os.environ.get(ENV_MODEL):
@@ -397,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedding model: FAIL\n{exc}", file=sys.stderr)
         return 1
     print(f"embedding model: OK {MODEL_NAME}@{MODEL_REVISION} in {path}")
+    if "--warm" in (argv or []):
+        from labsupport import model_routing
+
+        vectors = model_routing.embed_requests(model_routing.load_requests())
+        print(f"04's requests: {len(vectors)} vectors in {derived_cache_root() / 'routing'}")
     return 0
 
 

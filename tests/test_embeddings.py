@@ -119,6 +119,32 @@ def test_a_read_only_cache_sends_derived_caches_to_the_users_own(tmp_path, monke
     assert [p.name for p in embeddings.clear_caches()] == ["rag"]  # the user's, not the shared
 
 
+def test_a_learner_reads_what_the_hub_computed_in_the_read_only_cache(tmp_path, monkeypatch):
+    """An administrator warms the shared cache once (``--warm``); with it read-only, each
+    learner's cache starts from the shared vectors and only new texts are embedded, into the
+    learner's own file."""
+    shared, home = tmp_path / "shared", tmp_path / "home"
+    monkeypatch.setenv(embeddings.ENV_CACHE, str(shared))
+    monkeypatch.setenv("HOME", str(home))
+    calls: list[list[str]] = []
+
+    def fake(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+    admin = embeddings.EmbeddingCache.load(embeddings.derived_cache_root() / "c.npz", embed_fn=fake)
+    admin.embed(["a", "b"])  # writable: saved in the shared folder
+    assert embeddings.shared_copy(shared / "c.npz") is None  # the user's own folder: no copy
+    real = embeddings._writable
+    monkeypatch.setattr(embeddings, "_writable", lambda folder: folder != shared and real(folder))
+    own = home / ".cache" / "labsupport" / "c.npz"
+    assert embeddings.shared_copy(own) == shared / "c.npz"
+    learner = embeddings.EmbeddingCache.load(own, embed_fn=fake)
+    learner.embed(["a", "b", "c"])
+    assert calls == [["a", "b"], ["c"]]  # only the new text reached the model
+    assert own.is_file() and learner.hits == 2
+
+
 def test_writable_is_tried_not_guessed(tmp_path):
     assert embeddings._writable(tmp_path / "new" / "folder")  # created on the way
     blocker = tmp_path / "a-file"
