@@ -17,8 +17,13 @@ from typing import Any
 # What every course server gets unless a module asks otherwise: quiet logs, no lifespan
 # events (pass lifespan="on" for an app that starts work in them), and at most 2 seconds
 # for open requests to finish when the server stops.
+# timeout_keep_alive: an idle connection stays open 30 s (uvicorn's default is 5 s). httpx
+# reuses a pooled connection for up to 5 s (its keepalive_expiry); with both at 5 s, on a busy
+# machine the server can close a connection just as the client sends on it, an httpx.ReadError
+# (the likely cause of the two that 06 raised with twenty learners on two cores). The server
+# must keep a connection longer than the client.
 DEFAULT_OPTIONS: dict[str, Any] = {"log_level": "warning", "lifespan": "off",
-                                   "timeout_graceful_shutdown": 2}
+                                   "timeout_graceful_shutdown": 2, "timeout_keep_alive": 30}
 
 
 class ServerHandle:

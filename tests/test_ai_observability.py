@@ -322,3 +322,12 @@ def test_one_incident_that_raises_fails_only_its_own_row():
     reproduce = failed[0].hint.split("Reproduce: ", 1)[1]
     with pytest.raises(statistics.StatisticsError):
         exec(reproduce, {"checks": checks, "my_answer": breaks_on_long_prompts})
+
+
+def test_course_servers_keep_idle_connections_longer_than_httpx_reuses_them():
+    """Else a busy machine races them: the server closes a pooled connection as the client
+    reuses it (httpx.ReadError)."""
+    import httpx
+
+    from labsupport import servers
+    assert servers.DEFAULT_OPTIONS["timeout_keep_alive"] > httpx.Limits().keepalive_expiry

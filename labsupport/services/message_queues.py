@@ -157,7 +157,9 @@ def run_pipeline(config: PipelineConfig, docs: list[Document], *, processing_tim
         server = serve(queue_path, queue=queue, processing_time=processing_time,
                        name="pipeline-run")
         try:
-            accept = fire_requests(server.url + "/uploads", docs)
+            # A checker's run: a busy machine may answer slowly, never wrongly (the notebook's
+            # own load test keeps the 10 s timeout a user would see).
+            accept = fire_requests(server.url + "/uploads", docs, timeout=120.0)
         finally:
             server.stop()
         sent_at = dict.fromkeys(accept.accepted_at, 0.0)  # the server named the jobs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import httpx
 import nbformat
 import websockets
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in IPython's tracebacks
 CELL_TIMEOUT_S = 1200.0  # one cell; twenty learners on two cores slow a cell down about 20×
 SERVER_TIMEOUT_S = 600.0  # the hub's own start_timeout is 300 s
 
@@ -78,8 +80,9 @@ async def execute(ws, code: str, session: str, name: str) -> tuple[str, list[str
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         kind, content = msg["msg_type"], msg["content"]
-        if kind == "error":
-            errors.append(f"{content['ename']}: {content['evalue'][:300]}")
+        if kind == "error":  # the message and the traceback's last two entries, without colour
+            where = [ANSI.sub("", line) for line in content.get("traceback", [])[-3:-1]]
+            errors.append(f"{content['ename']}: {content['evalue'][:3000]} | {' | '.join(where)}")
         elif kind == "stream" and content.get("name") == "stdout":
             stdout.append(content["text"])
         elif kind == "status":
