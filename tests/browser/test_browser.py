@@ -250,9 +250,11 @@ def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
     screen.page.wait_for_timeout(500)
     screen.page.reload()
     _wait_for_notebook(screen)
-    widgets = screen.page.locator(f".jp-OutputArea-output[data-mime-type='{WIDGET_MIME}']")
-    for index in range(widgets.count()):  # a learner scrolls down to them
-        widgets.nth(index).scroll_into_view_if_needed()
+    # A learner scrolls down to every figure: JupyterLab may skip drawing cells off screen.
+    figures = screen.page.locator(f".jp-OutputArea-output[data-mime-type='{WIDGET_MIME}'], "
+                                  f".jp-OutputArea-output[data-mime-type='{PLOTLY_MIME}']")
+    for index in range(figures.count()):
+        figures.nth(index).scroll_into_view_if_needed()
     cells = sorted({p["cell"] for p in before})
     try:
         screen.page.wait_for_function(
