@@ -10,7 +10,6 @@ unmounts and, unless asked to keep it, deletes the class folder.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from labsupport import embeddings
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 CHP = REPO / ".classroom" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -33,7 +34,7 @@ PORTS = {"CLASS_PORT": 18000, "CLASS_PROXY_API_PORT": 18001, "CLASS_HUB_PORT": 1
 
 def checksums(folder: Path) -> dict[str, str]:
     """Relative path -> SHA-256 of every file under ``folder`` (the shared folder's fingerprint)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(folder)): embeddings.sha256_of(p)
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 

@@ -29,7 +29,6 @@ class Observations:
     processes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # peak count
     cpu_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # CPU seconds
     written: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    listening: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     # (learner, port connected to, whose port it was) for every loopback client connection
     connections: set[tuple[str, int, str]] = field(default_factory=set)
 
@@ -76,9 +75,7 @@ class Monitor(threading.Thread):
             learner = procs.get(c.pid)
             if learner is None:
                 continue
-            if c.status == psutil.CONN_LISTEN:
-                self.seen.listening[learner].add(c.laddr.port)
-            elif (c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.ip == LOOPBACK
+            if (c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.ip == LOOPBACK
                   and listeners.get(c.laddr.port) != learner and c.raddr.port in listeners):
                 # a client socket (its own port is not one of the learner's listeners)
                 self.seen.connections.add((learner, c.raddr.port, listeners[c.raddr.port]))
