@@ -104,6 +104,11 @@ COURSE: tuple[Exercise, ...] = (
              "vector_database_design",
              "Embeddings and top-k retrieval (05 RAG pipeline); numpy arrays; a Python "
              "class.", 40, steps=4),
+    Exercise("08_capstone_ai_assistant", "Capstone: one AI assistant, game day",
+             "all seven patterns in one system; find and fix seven faults from the metrics",
+             "capstone",
+             "Notebooks 01 to 07 (each incident's fix is one of their patterns); reading a "
+             "dashboard and a log.", 60, steps=7),
 )
 EXERCISE_IDS = frozenset(e.id for e in COURSE)  # the notebooks' ids = their scenarios' ids
 STEP_PREFIX, QUIZ = "step-", "quiz"
