@@ -240,27 +240,29 @@ def ask_hits(settings: Settings, stores: dict[str, vdb.TenantStore], tenant: str
 
 
 def related_hits(settings: Settings, stores: dict[str, vdb.TenantStore], tenant: str,
-                 vector: Sequence[float], embedder: vdb.Embedder) -> list[vdb.Hit]:
-    """"More like this": the documents nearest to one the client is reading."""
-    return _search(settings, "related", stores, tenant, vector, embedder)
+                 doc_id: str, vector: Sequence[float], embedder: vdb.Embedder) -> list[vdb.Hit]:
+    """"More like this": the documents nearest to ``doc_id`` (its ``vector``), itself left out."""
+    return _search(settings, "related", stores, tenant, vector, embedder, exclude=doc_id)
 
 
 def _search(settings: Settings, path: str, stores: dict[str, vdb.TenantStore], tenant: str,
-            vector: Sequence[float], embedder: vdb.Embedder) -> list[vdb.Hit]:
-    k = settings.top_k
+            vector: Sequence[float], embedder: vdb.Embedder,
+            exclude: str | None = None) -> list[vdb.Hit]:
+    k = settings.top_k + (exclude is not None)  # one more: the document itself comes first
     if path in settings.tenant_scoped_paths:
-        return stores[tenant].query_vector(vector, k, embedder=embedder)
-    # The fault: this path asks the shared collection directly, without the tenant filter
-    # (what a quick "more like this" endpoint written against the client library does).
-    collection = stores[tenant]._collection
-    result = collection.query(query_embeddings=[list(map(float, vector))], n_results=k,
-                              include=["documents", "metadatas", "distances"])
-    hits = [vdb.Hit(i.split("/", 1)[1], m["tenant"], float(d), m["title"], t, m)
-            for i, m, t, d in zip(result["ids"][0], result["metadatas"][0],
-                                  result["documents"][0], result["distances"][0], strict=True)]
-    if settings.related_post_filter:  # after the top k: fewer results, never more
-        hits = [h for h in hits if h.tenant == tenant]
-    return hits
+        hits = stores[tenant].query_vector(vector, k, embedder=embedder)
+    else:
+        # The fault: this path asks the shared collection directly, without the tenant
+        # filter (what a quick endpoint written against the client library does).
+        collection = stores[tenant]._collection
+        result = collection.query(query_embeddings=[list(map(float, vector))], n_results=k,
+                                  include=["documents", "metadatas", "distances"])
+        hits = [vdb.Hit(i.split("/", 1)[1], m["tenant"], float(d), m["title"], t, m)
+                for i, m, t, d in zip(result["ids"][0], result["metadatas"][0],
+                                      result["documents"][0], result["distances"][0], strict=True)]
+        if settings.related_post_filter:  # after the top k: fewer results, never more
+            hits = [h for h in hits if h.tenant == tenant]
+    return [h for h in hits if h.id != exclude][:settings.top_k]
 
 
 # --- the whole request path, for the live gateway -------------------------------------

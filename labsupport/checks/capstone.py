@@ -70,7 +70,7 @@ def invariant_rows(fault: str, settings: cap.Settings, env: dict[str, Any], *,
     for inv in gd.INVARIANTS[fault]:
         ok = inv.holds(evidence)
         yield ex.Check(f"{inv.name} ({day})", ok, inv.expected, _value(evidence, inv.metric),
-                       hint="" if ok else f"Measured with your settings; the evidence: "
+                       hint="" if ok else "Measured with your settings; the evidence: "
                        + ", ".join(_value(evidence, k) for k, v in evidence.items()
                                    if k != "logs" and not isinstance(v, list))[:400])
 

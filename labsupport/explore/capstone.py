@@ -6,8 +6,6 @@ from __future__ import annotations
 import html
 from typing import Any
 
-import numpy as np
-
 from labsupport import ai_observability as obs
 from labsupport import capstone as cap
 from labsupport import load_balancing as lb
@@ -104,6 +102,7 @@ class LiveDashboard:
     second, and the upload queue's depth with the documents ingested."""
 
     def __init__(self) -> None:
+        import ipywidgets as widgets
         from plotly.subplots import make_subplots
 
         fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08,
@@ -121,6 +120,8 @@ class LiveDashboard:
         fig.update_layout(title="the assistant's dashboard (live: scraped every 0.5 s)",
                           height=620)
         self.widget = plots.figure_widget(fig)
+        self.status = widgets.Label("waiting for the first scrape")
+        self.view = widgets.VBox([self.status, self.widget])  # what the notebook displays
         self.scrapes: list[tuple[float, dict[str, Any]]] = []
         self.series: dict[str, list[float]] = {k: [] for k in
                                                 ("t", "p50", "p99", "tokens", "queue", "ingested")}
@@ -128,6 +129,9 @@ class LiveDashboard:
     def update(self, parsed: dict[str, Any], t_s: float) -> None:
         """Add one scrape (``parse_metrics`` of /metrics at ``t_s`` seconds) and redraw."""
         self.scrapes.append((t_s, parsed))
+        self.status.value = (f"scrape {len(self.scrapes)} at {t_s:.1f} s: "
+                             f"{parsed.get(TOKENS, 0.0):,.0f} tokens streamed, upload queue "
+                             f"{parsed.get(QUEUE, 0.0):.0f}, {parsed.get(INGESTED, 0.0):.0f} ingested")
         if len(self.scrapes) < 2:
             return
         (t0, a), (t1, b) = self.scrapes[-2], self.scrapes[-1]

@@ -306,9 +306,9 @@ def create_gateway(system: LiveSystem) -> Any:
         found = system.stores.stores[tenant].get([doc_id])
         if not found:
             raise HTTPException(404, f"{tenant!r} has no document {doc_id!r}")
-        doc = next(d for d in system.stores.documents[tenant] if d.id == doc_id)
-        hits = cap.related_hits(system.settings, system.stores.stores, tenant,
-                                system.stores.vector_of(doc), system.stores.embedder)
+        vector = system.stores.embedder([found[0].title + ". " + found[0].text])[0]
+        hits = cap.related_hits(system.settings, system.stores.stores, tenant, doc_id, vector,
+                                system.stores.embedder)
         return [{"id": h.id, "tenant": h.tenant, "title": h.title} for h in hits]
 
     @app.get("/metrics")

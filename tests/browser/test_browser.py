@@ -4,6 +4,7 @@ For each notebook, in one page, as a learner would:
 - open it: no "Jupyter news?" prompt, and the notebook is not marked modified;
 - Run All: no error output, every widget rendered, every plotly figure drawn, a widget
   control that changes its figure, and the untouched starter's box says "Not started";
+  a live dashboard (08) is watched while its cell runs: it must redraw as the load goes on;
 - reload the tab: every figure shows the same data as before the reload (a live figure
   keeps its latest state, not its first);
 - type the answer key into the starter cell through the editor, run it and the check: "Passed",
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +144,35 @@ def _assert_opened_cleanly(screen: Screen) -> None:
                     "from what JupyterLab writes)")
 
 
-def _run_all(screen: Screen) -> None:
+# The points a cell's live figure shows (all traces), or -1 while it has none on screen.
+LIVE_POINTS_JS = """i => { const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
+  const p = cell && cell.querySelector('.js-plotly-plot');
+  return p && p.data ? p.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : -1; }"""
+PROMPT_JS = """i => document.querySelectorAll('.jp-Notebook .jp-Cell')[i]
+  .querySelector('.jp-InputPrompt').textContent"""
+
+
+def _watch_live_figure(screen: Screen, marker: str) -> list[int]:
+    """While Run All goes on, sample the figure of the cell containing ``marker`` until that
+    cell has run: the distinct numbers of points it showed, in order."""
+    index = screen.cell_index_containing(marker)
+    cell = _cell(screen, index)
+    seen: list[int] = []
+    deadline = time.monotonic() + RUN_ALL_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        done = re.search(r"\[\d+\]", screen.page.evaluate(PROMPT_JS, index))
+        cell.scroll_into_view_if_needed()  # JupyterLab may not draw a cell off screen
+        points = screen.page.evaluate(LIVE_POINTS_JS, index)
+        if points > 0 and (not seen or seen[-1] != points):
+            seen.append(points)
+        if done:
+            return seen
+        screen.page.wait_for_timeout(200)
+    return seen
+
+
+def _run_all(screen: Screen, watch: str = "") -> list[int]:
+    """Run All; with ``watch``, the live figure of that cell sampled while it runs."""
     # On a busy machine a menu click can land before JupyterLab listens: if no cell has
     # started ("[*]" or "[n]") after 30 s, click Run All once more before judging.
     for attempt in (1, 2):
@@ -153,6 +183,7 @@ def _run_all(screen: Screen) -> None:
         except PlaywrightTimeout:
             if attempt == 2:
                 screen.fail("Run All Cells started no cell in 30 s, clicked twice")
+    watched = _watch_live_figure(screen, watch) if watch else []
     try:
         screen.page.wait_for_function(ALL_SETTLED_JS, timeout=RUN_ALL_TIMEOUT_MS, polling=500)
     except PlaywrightTimeout:
@@ -160,6 +191,7 @@ def _run_all(screen: Screen) -> None:
         screen.fail(f"Run All did not finish in {RUN_ALL_TIMEOUT_MS / 1000:.0f} s "
                     f"(cell {running} still running or queued)")
     screen.page.wait_for_timeout(1500)  # widgets and plots render after the kernel answers
+    return watched
 
 
 def _assert_no_errors(screen: Screen) -> None:
@@ -388,8 +420,12 @@ def test_notebook_in_jupyterlab(path, lab, browser):
         screen = _open(page, lab, path.name)
         _assert_opened_cleanly(screen)
         _set_theme(screen, "Light")
-        _run_all(screen)
+        live = "explore.LiveDashboard()" if _uses(path, "LiveDashboard(") else ""
+        watched = _run_all(screen, watch=live)
         _assert_no_errors(screen)
+        if live and len(watched) < 3:
+            screen.fail(f"the live dashboard did not redraw while its load ran: it showed "
+                        f"{watched} points (at least three different states expected)")
         outputs = _saved_output_counts(screen, lab.root / path.name)
         _assert_widgets_rendered(screen, outputs.get(WIDGET_MIME, 0))
         plots = _assert_plots_drawn(screen, outputs.get(PLOTLY_MIME, 0))
