@@ -32,7 +32,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -334,7 +334,12 @@ def run_checks(exercise: str, checks: Callable[[Any], Iterable[Check]], answer: 
         found.append(raised_outside_rows(exc, after=found[-1].name if found else ""))
     if not found:  # a checker that checked nothing must not pass
         found = [Check("checks ran", False, "at least one check", "none")]
-    result = CheckResult(exercise, found, judged_code.describe(exercise, answer))
+    judged = judged_code.describe(exercise, answer)
+    if solution_mode and judged is not None and judged.untouched_starter:
+        # The answer key is judged, never the starter: an answer of plain data (no function
+        # to trace) set in the check cell would otherwise be taken for the shipped starter.
+        judged = replace(judged, untouched_starter=False)
+    result = CheckResult(exercise, found, judged)
     return finish(result, solution_mode=solution_mode)
 
 

@@ -8,6 +8,7 @@ from PyPI: Playwright's own browser download does not work offline.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -58,6 +59,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     shutil.copytree(ROOT / "notebooks", root)
     # The "Jupyter news?" prompt is turned off by the course's overrides.json, which `make
     # setup` puts in the environment (etc/jupyterlab/): the tests check it, so no setting here.
+    # Every cell attached to the page (JupyterLab 4's default, "contentVisibility", skips
+    # drawing cells off screen): a figure's check then does not depend on where the page is
+    # scrolled when its output arrives or after a reload (seen: 01 and 08, first test on a
+    # busy worker, "the figures … show no data").
+    tracker = work / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     token, port = secrets.token_hex(16), _free_port()
     env = {**os.environ, "LABSUPPORT_PROGRESS": str(work / "progress.json"),
            "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),
