@@ -49,7 +49,9 @@ def incident(n: int) -> gd.Incident:
     return gd.incident(INCIDENT_ORDER[n - 1], DAY_SEED)
 
 
-def _value(evidence: gd.Evidence, metric: str) -> str:
+def _value(evidence: gd.Evidence, metric: str | tuple[str, ...]) -> str:
+    if isinstance(metric, tuple):
+        return ", ".join(_value(evidence, m) for m in metric)
     v = evidence.get(metric)
     return f"{metric} = {v:.3g}" if isinstance(v, float) else f"{metric} = {v}"
 

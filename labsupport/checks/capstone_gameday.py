@@ -81,7 +81,7 @@ PAGES = {
     "chunks cut mid-sentence": "Support: HR answers leave out half the policy or quote the "
                                "wrong one; the model and the database are healthy.",
     "queueing for batch slots": "Support: 'the assistant feels slow to start answering'. "
-                                "CPU at 30-40%, no errors.",
+                                "CPU about 20%, no errors.",
     "tenant filter missing": "Security: a Northwind user saw a Bluefin document under "
                              "'related documents'.",
 }
@@ -305,8 +305,10 @@ EVIDENCE: dict[str, Callable[[cap.Settings, dict[str, Any]], Evidence]] = {
 
 @dataclass(frozen=True)
 class Invariant:
+    """One thing the assistant must keep, read off a fault's evidence."""
+
     name: str
-    metric: str
+    metric: str | tuple[str, ...]  # the evidence it reads (shown as "found")
     holds: Callable[[Evidence], bool]
     expected: str
 
@@ -351,7 +353,8 @@ INVARIANTS: dict[str, tuple[Invariant, ...]] = {
                   lambda e: e["TPOT p50 (s)"] <= TPOT_P50_BUDGET_S,
                   f"TPOT p50 ≤ {TPOT_P50_BUDGET_S:g} s")),
     "tenant filter missing": (
-        Invariant("no cross-tenant document", "cross-tenant results (related)",
+        Invariant("no cross-tenant document",
+                  ("cross-tenant results (ask)", "cross-tenant results (related)"),
                   lambda e: e["cross-tenant results (ask)"] + e["cross-tenant results (related)"] == 0,
                   "0 results from the other client, on both paths"),
         Invariant("every query gets top_k results", "queries with fewer than top_k results",
