@@ -225,11 +225,6 @@ def direct_ingest(uploads: int, workers: int, capacity: int) -> tuple[int, int]:
     return accepted, uploads - accepted
 
 
-def store_documents(store: vdb.TenantStore, documents: Sequence[vdb.Document]) -> int:
-    """Embed and store one client's documents in its tenant-bound store (notebook 07)."""
-    return store.add(documents)
-
-
 # --- 07: the two read paths ------------------------------------------------------------
 
 
@@ -295,8 +290,8 @@ class Assistant:
         self.policy: Callable[[lb.View], int] = lb.POLICIES[settings.balancer]
 
     def prepare(self, tenant: str, question: str) -> Answer:
-        request = mr.RouterRequest(text=question, prompt_tokens=max(1, len(question) // 4),
-                                   domain="support")
+        request = mr.RouterRequest(text=question, prompt_tokens=-(-len(question) // 4),
+                                   domain="support")  # ceil(characters / 4), as 04 counts
         model = route(self.settings, [request])[0]
         vector = self.embedder(question)[0]
         hits = ask_hits(self.settings, self.stores, tenant, vector, self.embedder)

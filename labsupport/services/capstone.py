@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -72,7 +73,7 @@ def document_stores(name: str = "capstone") -> DocumentStores:
     by_tenant = {t: [d for d in docs if d.tenant == t] for t in vdb.TENANTS}
     stores = {t: vdb.TenantStore(default_location(), t, embedder, name=name) for t in vdb.TENANTS}
     for tenant, store in stores.items():
-        cap.store_documents(store, by_tenant[tenant])
+        store.add(by_tenant[tenant])  # embeds from the seed's cache
     return DocumentStores(stores, by_tenant, embedder)
 
 
@@ -147,7 +148,7 @@ class Ingestion:
         spans = cap.chunk_spans(self.settings, doc.text) or [(0, len(doc.text))]
         chunks = [vdb.Document(**{**asdict(doc), "id": f"{doc.id}#{i}", "text": doc.text[a:b]})
                   for i, (a, b) in enumerate(spans)]
-        cap.store_documents(self.stores[doc.tenant], chunks)
+        self.stores[doc.tenant].add(chunks)  # the tenant-bound store (07) embeds them
         self.metrics.ingested.inc()
         return doc.text
 
@@ -176,6 +177,7 @@ class LiveSystem:
         self.gateway.stop()
         for r in self.replicas:
             r.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)  # the billing ledger and the queue
 
 
 _RUNNING: list[LiveSystem] = []
