@@ -346,7 +346,7 @@ INVARIANTS: dict[str, tuple[Invariant, ...]] = {
         Invariant("utilisation with headroom", "utilisation",
                   lambda e: e["utilisation"] <= MAX_UTILISATION,
                   f"utilisation ≤ {MAX_UTILISATION:.0%}"),
-        Invariant("TTFT p99 within budget", "TTFT p99 (s)",
+        Invariant("TTFT p99 within budget", ("TTFT p99 (s)", "peak queue depth (per replica)"),
                   lambda e: e["TTFT p99 (s)"] <= TTFT_P99_BUDGET_S,
                   f"TTFT p99 ≤ {TTFT_P99_BUDGET_S:g} s"),
         Invariant("tokens stream fast enough", "TPOT p50 (s)",

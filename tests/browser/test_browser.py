@@ -423,9 +423,9 @@ def test_notebook_in_jupyterlab(path, lab, browser):
         live = "explore.LiveDashboard()" if _uses(path, "LiveDashboard(") else ""
         watched = _run_all(screen, watch=live)
         _assert_no_errors(screen)
-        if live and len(watched) < 3:
+        if live and len(watched) < 2:  # drawn, then redrawn before its cell finished
             screen.fail(f"the live dashboard did not redraw while its load ran: it showed "
-                        f"{watched} points (at least three different states expected)")
+                        f"{watched} points (two different states at least expected)")
         outputs = _saved_output_counts(screen, lab.root / path.name)
         _assert_widgets_rendered(screen, outputs.get(WIDGET_MIME, 0))
         plots = _assert_plots_drawn(screen, outputs.get(PLOTLY_MIME, 0))
