@@ -175,7 +175,7 @@ QUIZ = qz.Quiz(EXERCISE_ID, {
            "claim and the charge must be one transaction (notebook 01)."),
     "slow-replica": qz.Choice(
         "At noon traffic triples and one of three replicas answers 10x slower; its health "
-        "check passes. p99 is 2,000x the 9am value. Which change brings it back within budget?",
+        "check passes. p99 is over a thousand times the 9am value. Which change brings it back within budget?",
         ("Raise the client timeout", "Add a fourth replica behind the same round-robin",
          "Least-connections with latency-based outlier ejection (one host may be ejected)",
          "Retry every request twice"),

@@ -59,7 +59,7 @@ BURST_PROCESSING_S = 0.25  # per document, simulated seconds
 class Incident:
     """One fault as the game day injects it."""
 
-    fault: str  # one of cap.FAULTS: what the learner must name
+    fault: str = field(repr=False)  # one of cap.FAULTS: what the learner must name
     page: str  # the alert or the complaint that starts the incident
     settings: cap.Settings  # the settings running when it happens (a bad deploy shows here)
     environment: dict[str, Any] = field(default_factory=dict)  # the fault's parameters
@@ -76,7 +76,7 @@ PAGES = {
                     "No errors, every replica passes its health check.",
     "upload burst": "Support: Bluefin uploaded its new policies at 14:00 and most of them "
                     "never appear in answers. The upload page showed no error they noticed.",
-    "everything to the large model": "Finance: the model bill doubled this week; traffic is "
+    "everything to the large model": "Finance: the model bill rose 40% this week; traffic is "
                                      "flat.",
     "chunks cut mid-sentence": "Support: HR answers leave out half the policy or quote the "
                                "wrong one; the model and the database are healthy.",
@@ -124,8 +124,8 @@ def lost_response(settings: cap.Settings, env: dict[str, Any]) -> Evidence:
             lost = i % env["lose_every"] == 0
             cap.bill_answer(ledger, key, request, settings)
             if lost:
-                logs.append(f"POST /v1/ask key={key} -> 201, response lost: client timed "
-                            f"out after {settings.client_timeout_s:g} s")
+                logs.append(f"POST /v1/ask key={key} -> 201; client read timeout after "
+                            f"{settings.client_timeout_s:g} s")
                 if settings.client_retries == 0:
                     unanswered += 1
                     logs.append(f"  client gave up on {key}: the user saw an error")
@@ -212,7 +212,7 @@ def routing(settings: cap.Settings, env: dict[str, Any]) -> Evidence:
     return {"cost per day (USD)": mine.daily_cost_usd, "oracle cost per day (USD)":
             oracle.daily_cost_usd, "share to the large model": mine.share_large,
             "quality": mine.quality, "p95 latency (s)": mine.p95_latency_s,
-            "logs": [f"router={settings.router}: {mine.share_large:.0%} of "
+            "logs": [f"routing: {mine.share_large:.0%} of "
                      f"{mr.DAILY_REQUESTS:,} requests a day to the large model"]}
 
 
@@ -229,8 +229,7 @@ def chunking(settings: cap.Settings, env: dict[str, Any]) -> Evidence:
     return {"chunks": len(chunks), "chunks ending mid-sentence": cut,
             "share ending mid-sentence": cut / max(1, len(chunks)),
             "recall on gold questions": result.recall, "IoU on gold questions": result.iou,
-            "logs": [f"ingestion: chunker={settings.chunker} size={settings.chunk_size}, "
-                     f"{len(chunks)} chunks of {len(docs)} handbook pages"]}
+            "logs": [f"ingestion: {len(chunks)} chunks of {len(docs)} handbook pages"]}
 
 
 def _ends_mid_sentence(text: str, end: int) -> bool:

@@ -249,6 +249,7 @@ def create_gateway(system: LiveSystem) -> Any:
 
     @app.post("/v1/ask")
     async def ask(body: Ask, idempotency_key: str | None = Header(None)):
+        start = time.perf_counter()  # TTFT from the question: embedding, retrieval, billing
         known(body.tenant)
         answer = await asyncio.to_thread(assistant.prepare, body.tenant, body.question)
         charge = api.ChargeRequest(order_id=f"{body.tenant}:{idempotency_key or uuid.uuid4().hex}",
@@ -260,7 +261,6 @@ def create_gateway(system: LiveSystem) -> Any:
         with lock:
             replica = assistant.pick()
         url = system.replicas[replica].url + "/v1/completions"
-        start = time.perf_counter()
         label = str(replica)
         system.metrics.in_flight.labels(label).inc()
 

@@ -27,8 +27,11 @@ FIXES: dict[str, dict[str, Any]] = {
 }
 
 
-def incident_answer(fault: str) -> dict[str, Any]:
-    """The answer to the incident whose fault is ``fault``."""
+def incident_answer(n: int) -> dict[str, Any]:
+    """The answer to the game day's incident ``n`` (1 to 7)."""
+    from labsupport.checks.capstone import INCIDENT_ORDER
+
+    fault = INCIDENT_ORDER[n - 1]
     return {"fault": fault, "fix": dict(FIXES[fault])}
 
 

@@ -134,7 +134,7 @@ def _final_but(**changes: Any) -> dict[str, Any]:
 
 
 EXERCISES = [
-    *(step(checks, n, lambda fault=fault: key.incident_answer(fault),
+    *(step(checks, n, lambda n=n: key.incident_answer(n),
            _common(fault) + SPECIFIC[fault])
       for fault, n in STEP.items()),
     Exercise(
