@@ -288,12 +288,17 @@ def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
     for index in range(figures.count()):
         figures.nth(index).scroll_into_view_if_needed()
     cells = sorted({p["cell"] for p in before})
+    # A widget's output has no MIME type attribute: scroll to each figure's cell as well, and
+    # give a live figure (rebuilt from the kernel's state) a moment to draw (08's dashboard).
+    for index in cells:
+        _cell(screen, index).scroll_into_view_if_needed()
+        screen.page.wait_for_timeout(500)
     try:
         screen.page.wait_for_function(
             f"""cells => {{ const drawn = ({PLOTS_JS})().filter(p => p.traces > 0).map(p => p.cell)
                    .concat(({STATIC_IMAGES_JS})());
                  return cells.every(c => drawn.includes(c)); }}""",
-            arg=cells, timeout=30_000, polling=500)
+            arg=cells, timeout=60_000, polling=500)  # a busy machine rebuilds widgets slowly
     except PlaywrightTimeout:
         pass  # reported below, cell by cell
     screen.page.wait_for_timeout(1000)
