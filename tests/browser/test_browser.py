@@ -4,7 +4,7 @@ For each notebook, in one page, as a learner would:
 - open it: no "Jupyter news?" prompt, and the notebook is not marked modified;
 - Run All: no error output, every widget rendered, every plotly figure drawn, a widget
   control that changes its figure, and the untouched starter's box says "Not started";
-  a live dashboard (08) is watched while its cell runs: it must redraw as the load goes on;
+  a live dashboard (08) is watched while its cell runs: it must show data before the cell ends;
 - reload the tab: every figure shows the same data as before the reload (a live figure
   keeps its latest state, not its first);
 - type the answer key into the starter cell through the editor, run it and the check: "Passed",
@@ -428,9 +428,12 @@ def test_notebook_in_jupyterlab(path, lab, browser):
         live = "explore.LiveDashboard()" if _uses(path, "LiveDashboard(") else ""
         watched = _run_all(screen, watch=live)
         _assert_no_errors(screen)
-        if live and len(watched) < 2:  # drawn, then redrawn before its cell finished
-            screen.fail(f"the live dashboard did not redraw while its load ran: it showed "
-                        f"{watched} points (two different states at least expected)")
+        # The dashboard is displayed empty and gets its points only from updates during the
+        # load: data on screen before its cell finished means it updated live. (How many
+        # redraws the page shows depends on how busy the machine is: 1 to 10 seen.)
+        if live and not watched:
+            screen.fail("the live dashboard showed no data while its load ran (it was drawn "
+                        "only after its cell finished, or never)")
         outputs = _saved_output_counts(screen, lab.root / path.name)
         _assert_widgets_rendered(screen, outputs.get(WIDGET_MIME, 0))
         plots = _assert_plots_drawn(screen, outputs.get(PLOTLY_MIME, 0))
