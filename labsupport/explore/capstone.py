@@ -20,7 +20,7 @@ def operator_view(incident: gd.Incident, evidence: gd.Evidence) -> Any:
     operator sees (not the fault's name)."""
     rows = [{"metric": k, "now": v} for k, v in evidence.items()
             if k != "logs" and not isinstance(v, list)]
-    table = plots.Table(rows, formats={"now": lambda v: plots._default_format(v)})
+    table = plots.Table(rows)
     logs = "\n".join(html.escape(line) for line in evidence.get("logs", []))
     return _HTML(f"<div style='background:#fff;color:#222;padding:6px 10px;border-left:4px "
                  f"solid #c0392b'><b>Page:</b> {html.escape(incident.page)}</div>"
