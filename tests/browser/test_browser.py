@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,14 @@ pytestmark = pytest.mark.xdist_group("browser")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 RUN_ALL_TIMEOUT_MS = 180_000  # a notebook's budget is 45 s; the browser adds rendering
 WIDGET_FAILURES = ("Error displaying widget", "Loading widget...")
+# jupyterlab_widgets 3.0.17 (ipywidgets 8.1.9) polls for a widget's model every 100 ms for 2 s;
+# a poll that wakes after the 2 s throws without looking again, and the renderer then shows
+# this text for good if the manager has finished restoring models from the kernel meanwhile.
+# After a reload on a busy machine, one long task on the page (08's restore: 10 MB of widget
+# state, two 5 MB plotly front ends) can do both: every top-level widget of 08 showed it, with
+# "widget model not found" from get_model in the console (ipywidgets issue #4026, open).
+MODEL_NOT_FOUND = "Error displaying widget: model not found"
+RELOADS = 3  # the reload check's tries when every blank figure shows MODEL_NOT_FOUND
 
 # Cell prompts read "[ ]:" (not run), "[*]:" (queued or running), "[12]:" (done).
 ALL_SETTLED_JS = """() => {
@@ -86,14 +95,18 @@ class Screen:
 
     def __init__(self, page, notebook: str) -> None:
         self.page, self.notebook = page, notebook
+        self.console_errors: list[str] = []  # the page's console errors, shown on a failure
+        page.on("console", lambda m: m.type in ("error", "warning") and self.console_errors.append(
+            f"{time.monotonic():.1f} {m.type}: {m.text}"))
 
     def fail(self, what: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shot = SCREENSHOTS / f"FAILED-{Path(self.notebook).stem}.png"
         self.page.screenshot(path=str(shot))
         visible = self.page.text_content(".jp-NotebookPanel:not(.lm-mod-hidden)")[-1500:]
-        pytest.fail(f"{self.notebook}: {what}\nscreenshot kept: {shot}\non screen (end):\n{visible}",
-                    pytrace=False)
+        errors = "\n".join(e[:500] for e in self.console_errors[-20:]) or "none"
+        pytest.fail(f"{self.notebook}: {what}\nscreenshot kept: {shot}\non screen (end):\n{visible}"
+                    f"\nconsole errors and warnings (last 20):\n{errors}", pytrace=False)
 
     def menu(self, *labels: str) -> None:
         """Click through the menu bar, e.g. menu("Run", "Run All Cells")."""
@@ -148,6 +161,8 @@ def _assert_opened_cleanly(screen: Screen) -> None:
 LIVE_POINTS_JS = """i => { const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
   const p = cell && cell.querySelector('.js-plotly-plot');
   return p && p.data ? p.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : -1; }"""
+OUTPUT_TEXT_JS = """i => document.querySelectorAll('.jp-Notebook .jp-Cell')[i]
+  .querySelector('.jp-OutputArea').textContent.slice(0, 300)"""
 PROMPT_JS = """i => document.querySelectorAll('.jp-Notebook .jp-Cell')[i]
   .querySelector('.jp-InputPrompt').textContent"""
 
@@ -205,6 +220,34 @@ def _assert_no_errors(screen: Screen) -> None:
     unrun = [i for i, p in enumerate(prompts) if not re.search(r"\[\d+\]", p)]
     if unrun:
         screen.fail(f"code cells {unrun} did not run (Run All stopped early)")
+
+
+def _cells_showing(screen: Screen, text: str) -> list[int]:
+    return screen.page.evaluate(
+        """t => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map((c, i) =>
+             c.querySelector('.jp-OutputArea') && c.querySelector('.jp-OutputArea')
+               .textContent.includes(t) ? i : -1).filter(i => i >= 0)""", text)
+
+
+def _reload_while_models_lost(screen: Screen) -> None:
+    """After Run All: if widgets show MODEL_NOT_FOUND (the widget manager's race, not ours),
+    reload the tab as the README tells a learner to, up to RELOADS - 1 times; a widget that
+    is really broken stays broken and `_assert_widgets_rendered` reports it."""
+    for attempt in range(1, RELOADS):
+        lost = _cells_showing(screen, MODEL_NOT_FOUND)
+        if not lost:
+            return
+        warnings.warn(f"{screen.notebook}: after Run All, cells {lost} show '{MODEL_NOT_FOUND}' "
+                      f"(ipywidgets issue #4026); reload {attempt}", stacklevel=1)
+        screen.console_errors.append(f"{time.monotonic():.1f} (the test reloads the page)")
+        screen.page.reload()
+        _wait_for_notebook(screen)
+        try:
+            screen.page.wait_for_function(
+                "t => !document.querySelector('.jp-Notebook').textContent.includes(t)",
+                arg="Loading widget...", timeout=60_000, polling=500)
+        except PlaywrightTimeout:
+            return  # reported by _assert_widgets_rendered
 
 
 def _assert_widgets_rendered(screen: Screen, expected: int) -> None:
@@ -280,14 +323,38 @@ def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
     except PlaywrightTimeout:
         screen.fail("the notebook was not saved within 30 s of Ctrl+S")
     screen.page.wait_for_timeout(500)
+    cells = sorted({p["cell"] for p in before})
+    for attempt in range(1, RELOADS + 1):
+        after, blank = _reload_and_look(screen, cells)
+        lost = [c for c in blank if c in _cells_showing(screen, MODEL_NOT_FOUND)]
+        if not blank or lost != blank or attempt == RELOADS:
+            break
+        # Every blank figure is the widget manager's known race (see MODEL_NOT_FOUND), not
+        # ours: reload again, as a learner would, and say so in the test's output.
+        warnings.warn(f"{screen.notebook}: reload {attempt}: cells {lost} show '{MODEL_NOT_FOUND}' "
+                      "(ipywidgets issue #4026); reloading again", stacklevel=1)
+    if blank:
+        shown = {c: screen.page.evaluate(OUTPUT_TEXT_JS, c) for c in blank}
+        screen.fail(f"after {attempt} reload(s), the figures of cells {blank} show no data; "
+                    f"their outputs read: {shown}")
+    live_after = {p["cell"]: p["shown"] for p in after if p["live"]}
+    stale = [p["cell"] for p in before if p["live"] and live_after.get(p["cell"]) != p["shown"]]
+    if stale:
+        screen.fail(f"after a reload, the live figures of cells {stale} show other data than "
+                    "before: they came back in an older state")
+
+
+def _reload_and_look(screen: Screen, cells: list[int]) -> tuple[list[dict], list[int]]:
+    """Reload the tab, scroll to every figure as a learner would, and wait up to 60 s for
+    the figures of ``cells`` to draw: (the figures on screen, the cells still blank)."""
+    screen.console_errors.append(f"{time.monotonic():.1f} (the test reloads the page)")
     screen.page.reload()
     _wait_for_notebook(screen)
-    # A learner scrolls down to every figure: JupyterLab may skip drawing cells off screen.
+    # JupyterLab may skip drawing cells off screen.
     figures = screen.page.locator(f".jp-OutputArea-output[data-mime-type='{WIDGET_MIME}'], "
                                   f".jp-OutputArea-output[data-mime-type='{PLOTLY_MIME}']")
     for index in range(figures.count()):
         figures.nth(index).scroll_into_view_if_needed()
-    cells = sorted({p["cell"] for p in before})
     # A widget's output has no MIME type attribute: scroll to each figure's cell as well, and
     # give a live figure (rebuilt from the kernel's state) a moment to draw (08's dashboard).
     for index in cells:
@@ -300,19 +367,12 @@ def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
                  return cells.every(c => drawn.includes(c)); }}""",
             arg=cells, timeout=60_000, polling=500)  # a busy machine rebuilds widgets slowly
     except PlaywrightTimeout:
-        pass  # reported below, cell by cell
+        pass  # the caller reports the blank cells
     screen.page.wait_for_timeout(1000)
     after = screen.page.evaluate(PLOTS_JS)
     drawn = {p["cell"] for p in after if p["traces"] > 0} | set(
         screen.page.evaluate(STATIC_IMAGES_JS))
-    blank = [c for c in cells if c not in drawn]
-    if blank:
-        screen.fail(f"after a reload, the figures of cells {blank} show no data")
-    live_after = {p["cell"]: p["shown"] for p in after if p["live"]}
-    stale = [p["cell"] for p in before if p["live"] and live_after.get(p["cell"]) != p["shown"]]
-    if stale:
-        screen.fail(f"after a reload, the live figures of cells {stale} show other data than "
-                    "before: they came back in an older state")
+    return after, [c for c in cells if c not in drawn]
 
 
 def _cell(screen: Screen, index: int):
@@ -417,15 +477,7 @@ def _set_theme(screen: Screen, theme: str) -> None:
     screen.page.wait_for_timeout(1500)  # the theme's CSS loads and plots restyle
 
 
-# 08 passes here alone but failed three clean-clone CI runs of four on a busy machine, each time
-# differently (live widgets empty after a reload, the dashboard painted late, "Error displaying
-# widget: model not found" for the noon widget): skipped, visibly, until that is fixed (issue 22).
-FLAKY_ON_BUSY_CI = {"08_capstone_ai_assistant"}
-CASES = [pytest.param(p, marks=pytest.mark.skip(reason="flaky on a busy CI: see FLAKY_ON_BUSY_CI"))
-         if p.stem in FLAKY_ON_BUSY_CI else p for p in NOTEBOOKS]
-
-
-@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_in_jupyterlab(path, lab, browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -442,6 +494,7 @@ def test_notebook_in_jupyterlab(path, lab, browser):
         if live and not watched:
             screen.fail("the live dashboard showed no data while its load ran (it was drawn "
                         "only after its cell finished, or never)")
+        _reload_while_models_lost(screen)
         outputs = _saved_output_counts(screen, lab.root / path.name)
         _assert_widgets_rendered(screen, outputs.get(WIDGET_MIME, 0))
         plots = _assert_plots_drawn(screen, outputs.get(PLOTLY_MIME, 0))
