@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from labsupport.checks.capstone import INCIDENT_ORDER
+
 # Each fault's fix, as a change of the settings running during its incident.
 FIXES: dict[str, dict[str, Any]] = {
     # 01: claim the key before billing; the retry gets the stored reply.
@@ -29,8 +31,6 @@ FIXES: dict[str, dict[str, Any]] = {
 
 def incident_answer(n: int) -> dict[str, Any]:
     """The answer to the game day's incident ``n`` (1 to 7)."""
-    from labsupport.checks.capstone import INCIDENT_ORDER
-
     fault = INCIDENT_ORDER[n - 1]
     return {"fault": fault, "fix": dict(FIXES[fault])}
 

@@ -342,7 +342,8 @@ def _figures_after_reload(screen: Screen, before: list[dict]) -> None:
     cells = sorted({p["cell"] for p in before})
     for attempt in range(1, RELOADS + 1):
         after, blank = _reload_and_look(screen, cells)
-        lost = [c for c in blank if c in _cells_showing(screen, MODEL_NOT_FOUND)]
+        showing = _cells_showing(screen, MODEL_NOT_FOUND)
+        lost = [c for c in blank if c in showing]
         if not blank or lost != blank or attempt == RELOADS:
             break
         # Every blank figure is the widget manager's known race (see MODEL_NOT_FOUND), not
